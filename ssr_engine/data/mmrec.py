@@ -1,0 +1,105 @@
+"""Reading and writing MMRec-format data (DESIGN.md §5).
+
+A folder holds ``<name>.inter`` (tab-separated, header with ``userID``, ``itemID``,
+``x_label``; other columns ignored) and ``<modality>_feat.npy`` files row-aligned with
+``itemID``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+
+from .dataset import Dataset
+
+__all__ = ["load_mmrec", "save_mmrec"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def _find_inter(folder: Path, name: Optional[str]) -> Path:
+    if name is not None:
+        p = folder / f"{name}.inter"
+        if not p.exists():
+            raise FileNotFoundError(f"no {p.name} in {folder}")
+        return p
+    found = sorted(folder.glob("*.inter"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected exactly one *.inter file in {folder}, found "
+                                f"{[p.name for p in found]}; pass name=...")
+    return found[0]
+
+
+def load_mmrec(folder: PathLike, name: Optional[str] = None,
+               modalities: Optional[Iterable[str]] = None) -> Dataset:
+    """Load an MMRec-format dataset.
+
+    Args:
+        folder: directory with ``<name>.inter`` and optional ``<modality>_feat.npy``.
+        name: dataset name (default: the only ``*.inter`` file in ``folder``).
+        modalities: modality names to load (default: every ``*_feat.npy`` present);
+            ``[]`` loads none (ID-only).
+
+    Returns:
+        A :class:`Dataset`; ``n_users`` / ``n_items`` are ``max id + 1`` (and at least the
+        number of feature rows is checked against ``n_items``).
+
+    Raises:
+        FileNotFoundError: when the folder or files are missing.
+        ValueError: on a malformed header, non-integer ids or features that don't match.
+
+    Example:
+        >>> ds = load_mmrec("../shared/data/movielens-100k")  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} does not exist")
+    inter = _find_inter(folder, name)
+    with open(inter) as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+    need = ("userID", "itemID", "x_label")
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise ValueError(f"{inter.name}: header {header} lacks columns {missing}")
+    cols = [header.index(c) for c in need]
+    try:
+        data = np.loadtxt(inter, delimiter="\t", skiprows=1, usecols=cols, dtype=np.int64,
+                          ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"{inter.name}: userID, itemID and x_label must be integers ({e})")
+    users, items, split = data[:, 0], data[:, 1], data[:, 2]
+    n_users = int(users.max()) + 1
+    n_items = int(items.max()) + 1
+    if modalities is None:
+        modalities = sorted(p.name[:-len("_feat.npy")] for p in folder.glob("*_feat.npy"))
+    feats = {}
+    for m in modalities:
+        p = folder / f"{m}_feat.npy"
+        if not p.exists():
+            raise FileNotFoundError(f"modality {m!r}: no {p.name} in {folder}")
+        f = np.load(p, mmap_mode="r")
+        if f.ndim != 2 or f.shape[0] < n_items:
+            raise ValueError(f"{p.name} has shape {f.shape}; expected at least "
+                             f"{n_items} rows (one per itemID)")
+        n_items = max(n_items, f.shape[0])
+        feats[m] = np.asarray(f, dtype=np.float32)
+    return Dataset(users, items, split, n_users, n_items, feats, name=inter.stem)
+
+
+def save_mmrec(ds: Dataset, folder: PathLike) -> Path:
+    """Write ``ds`` as ``<folder>/<name>.inter`` plus ``<modality>_feat.npy`` files.
+
+    Returns:
+        The path of the ``.inter`` file.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ds.name}.inter"
+    table = np.stack([ds.user_ids, ds.item_ids, ds.split.astype(np.int64)], axis=1)
+    np.savetxt(path, table, fmt="%d", delimiter="\t", header="userID\titemID\tx_label",
+               comments="")
+    for m, f in ds.features.items():
+        np.save(folder / f"{m}_feat.npy", f)
+    return path

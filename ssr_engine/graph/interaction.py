@@ -1,0 +1,247 @@
+"""The user–item interaction graph and its normalised operators (DESIGN.md §2).
+
+Users are nodes ``0..n_users-1``, items follow (node ``n_users + i``). With ``R`` the
+``[n_u, n_i]`` matrix of training interactions, ``A = [[0, R], [R^T, 0]]``, ``D`` its degrees,
+
+* ``Â = D^{-1/2} A D^{-1/2}`` (isolated nodes: zero rows),
+* ``L = I - Â`` (spectrum in [0, 2]),
+* ``L̃ = (L - I) / (1 + δ) = -Â / (1 + δ)`` (spectrum inside [-1, 1], for Chebyshev work),
+* ``R̃ = D_u^{-1/2} R D_i^{-1/2}`` (the bipartite block; its SVD gives both ends of L's
+  spectrum).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .operators import Operator, csr_tensor
+
+__all__ = ["InteractionGraph"]
+
+Device = Union[str, torch.device, None]
+
+
+def _as_index_array(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of ids, got shape {a.shape}")
+    if a.size == 0:
+        return a.astype(np.int64)
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer ids, got dtype {a.dtype} "
+                         "(cast with .astype(np.int64) if the values are whole numbers)")
+    if a.size and a.min() < 0:
+        bad = int(np.flatnonzero(a < 0)[0])
+        raise ValueError(f"{name} has a negative id {int(a[bad])} at position {bad}")
+    return a.astype(np.int64, copy=False)
+
+
+class InteractionGraph:
+    """A user–item bipartite graph built from training interactions.
+
+    Duplicate (user, item) pairs are merged: their weights are summed (each counts 1 when
+    ``weights`` is None, so an unweighted graph stays binary). Users or items without
+    interactions are isolated nodes; their rows in every operator are zero.
+
+    Args:
+        user_ids: ``[E]`` integer user ids in ``[0, n_users)``.
+        item_ids: ``[E]`` integer item ids in ``[0, n_items)``.
+        n_users: number of users (default ``max(user_ids) + 1``).
+        n_items: number of items (default ``max(item_ids) + 1``).
+        weights: optional ``[E]`` positive, finite interaction weights.
+
+    Raises:
+        ValueError: on negative or out-of-range ids, mismatched lengths, non-integer ids,
+            bad weights or an empty graph.
+
+    Example:
+        >>> import torch, ssr_engine
+        >>> g = ssr_engine.InteractionGraph([0, 0, 1], [0, 1, 1])
+        >>> g.n_users, g.n_items, g.n_nodes, g.n_edges
+        (2, 2, 4, 3)
+        >>> L = g.laplacian(dtype=torch.float64)
+        >>> round(float((L @ g.trivial_vector(torch.float64)).norm()), 12)
+        0.0
+    """
+
+    def __init__(self, user_ids: Sequence[int], item_ids: Sequence[int],
+                 n_users: Optional[int] = None, n_items: Optional[int] = None,
+                 weights: Optional[Sequence[float]] = None):
+        u = _as_index_array(user_ids, "user_ids")
+        i = _as_index_array(item_ids, "item_ids")
+        if u.shape != i.shape:
+            raise ValueError(f"user_ids and item_ids differ in length: {u.size} vs {i.size}")
+        if u.size == 0:
+            raise ValueError("the graph is empty: no interactions were given")
+        n_u = int(u.max()) + 1 if n_users is None else int(n_users)
+        n_i = int(i.max()) + 1 if n_items is None else int(n_items)
+        if n_u <= 0 or n_i <= 0:
+            raise ValueError(f"n_users and n_items must be positive, got {n_u} and {n_i}")
+        if u.max() >= n_u:
+            raise ValueError(f"user id {int(u.max())} is out of range for n_users={n_u}")
+        if i.max() >= n_i:
+            raise ValueError(f"item id {int(i.max())} is out of range for n_items={n_i}")
+        if weights is None:
+            w = np.ones(u.size, dtype=np.float64)
+        else:
+            w = np.asarray(weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor)
+                           else weights, dtype=np.float64)
+            if w.shape != u.shape:
+                raise ValueError(f"weights has length {w.size}, expected {u.size}")
+            if not np.all(np.isfinite(w)) or np.any(w <= 0):
+                raise ValueError("weights must be finite and positive")
+        self.n_users, self.n_items = n_u, n_i
+        r = sp.csr_matrix((w, (u, i)), shape=(n_u, n_i))
+        r.sum_duplicates()
+        r.sort_indices()
+        self._R = r
+        self._cache: Dict[Tuple, object] = {}
+
+    # -- sizes and raw data ------------------------------------------------------------
+    @property
+    def n_nodes(self) -> int:
+        return self.n_users + self.n_items
+
+    @property
+    def n_edges(self) -> int:
+        """Number of distinct (user, item) interactions."""
+        return int(self._R.nnz)
+
+    @property
+    def binary(self) -> bool:
+        return bool(np.all(self._R.data == 1.0))
+
+    def __repr__(self) -> str:
+        return (f"InteractionGraph(n_users={self.n_users}, n_items={self.n_items}, "
+                f"n_edges={self.n_edges})")
+
+    def interaction_matrix(self) -> sp.csr_matrix:
+        """``R`` as a scipy CSR matrix ``[n_users, n_items]`` (float64, merged weights)."""
+        return self._R
+
+    def edges(self) -> Tuple[np.ndarray, np.ndarray]:
+        """The distinct interactions as ``(user_ids [E], item_ids [E])``, sorted by user."""
+        coo = self._R.tocoo()
+        return coo.row.astype(np.int64), coo.col.astype(np.int64)
+
+    @property
+    def user_degrees(self) -> np.ndarray:
+        """``[n_users]`` weighted degrees."""
+        return np.asarray(self._R.sum(axis=1)).ravel()
+
+    @property
+    def item_degrees(self) -> np.ndarray:
+        """``[n_items]`` weighted degrees."""
+        return np.asarray(self._R.sum(axis=0)).ravel()
+
+    @property
+    def degrees(self) -> np.ndarray:
+        """``[N]`` weighted node degrees, users first."""
+        return np.concatenate([self.user_degrees, self.item_degrees])
+
+    # -- normalised matrices (scipy, float64) -----------------------------------------
+    @staticmethod
+    def _inv_sqrt(d: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(d)
+        nz = d > 0
+        out[nz] = 1.0 / np.sqrt(d[nz])
+        return out
+
+    def normalized_bipartite_scipy(self) -> sp.csr_matrix:
+        """``R̃ = D_u^{-1/2} R D_i^{-1/2}`` as scipy CSR ``[n_users, n_items]`` (float64)."""
+        key = ("rtilde_scipy",)
+        if key not in self._cache:
+            du = self._inv_sqrt(self.user_degrees)
+            di = self._inv_sqrt(self.item_degrees)
+            r = self._R.tocsr(copy=True)
+            r.data *= np.repeat(du, np.diff(r.indptr)) * di[r.indices]
+            self._cache[key] = r
+        return self._cache[key]
+
+    def normalized_adjacency_scipy(self) -> sp.csr_matrix:
+        """``Â`` as scipy CSR ``[N, N]`` (float64)."""
+        key = ("ahat_scipy",)
+        if key not in self._cache:
+            rt = self.normalized_bipartite_scipy()
+            self._cache[key] = sp.bmat([[None, rt], [rt.T, None]], format="csr",
+                                       dtype=np.float64)
+            self._cache[key].sort_indices()
+        return self._cache[key]
+
+    # -- operators (torch) -------------------------------------------------------------
+    def _operator(self, kind: str, dtype: torch.dtype, device: Device) -> Operator:
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        key = (kind, dtype, dev)
+        if key not in self._cache:
+            if kind == "adjacency":
+                m = csr_tensor(self.normalized_adjacency_scipy(), dtype, dev)
+                self._cache[key] = Operator(m, symmetric=True)
+            else:
+                rt = self.normalized_bipartite_scipy()
+                self._cache[key] = Operator(csr_tensor(rt, dtype, dev),
+                                            transpose=csr_tensor(rt.T, dtype, dev))
+        return self._cache[key]
+
+    def adjacency(self, dtype: torch.dtype = torch.float32, device: Device = None) -> Operator:
+        """The normalised adjacency ``Â`` ``[N, N]``, spectrum in [-1, 1]."""
+        return self._operator("adjacency", dtype, device)
+
+    def laplacian(self, dtype: torch.dtype = torch.float32, device: Device = None) -> Operator:
+        """The normalised Laplacian ``L = I - Â`` ``[N, N]``, spectrum in [0, 2]."""
+        a = self._operator("adjacency", dtype, device)
+        return Operator(a.matrix, scale=-1.0, shift=1.0, symmetric=True)
+
+    def scaled_laplacian(self, delta: float = 0.01, dtype: torch.dtype = torch.float32,
+                         device: Device = None) -> Operator:
+        """``L̃ = (L - I) / (1 + δ) = -Â / (1 + δ)`` ``[N, N]``, spectrum inside [-1, 1].
+
+        Args:
+            delta: padding of the spectral interval, ``δ ≥ 0``.
+        """
+        if not (delta >= 0.0 and np.isfinite(delta)):
+            raise ValueError(f"delta must be a finite number >= 0, got {delta}")
+        a = self._operator("adjacency", dtype, device)
+        return Operator(a.matrix, scale=-1.0 / (1.0 + delta), symmetric=True)
+
+    def bipartite(self, dtype: torch.dtype = torch.float32, device: Device = None) -> Operator:
+        """The normalised bipartite block ``R̃`` ``[n_users, n_items]``; ``.T`` is ``R̃^T``."""
+        return self._operator("bipartite", dtype, device)
+
+    # -- signals -----------------------------------------------------------------------
+    def trivial_vector(self, dtype: torch.dtype = torch.float32, device: Device = None) -> torch.Tensor:
+        """The unit vector ``D^{1/2} 1 / ||D^{1/2} 1||`` ``[N]``: L's eigenvector at λ = 0."""
+        v = np.sqrt(self.degrees)
+        v /= np.linalg.norm(v)
+        return torch.from_numpy(v).to(dtype=dtype, device=device)
+
+    def user_mean(self, item_features: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        """Each user's mean of its training items' features.
+
+        Args:
+            item_features: ``[n_items, d]``.
+
+        Returns:
+            ``[n_users, d]`` tensor (zeros for users without items), same dtype and device
+            as a tensor input (float32 for numpy float32, float64 for float64).
+        """
+        x = torch.as_tensor(item_features)
+        if x.dim() != 2 or x.shape[0] != self.n_items:
+            raise ValueError(f"item_features must be [n_items={self.n_items}, d], "
+                             f"got {tuple(x.shape)}")
+        deg = self.user_degrees
+        inv = np.where(deg > 0, 1.0 / np.maximum(deg, 1e-300), 0.0)
+        r = sp.diags(inv) @ self._R
+        op = Operator(csr_tensor(r, x.dtype if x.dtype.is_floating_point else torch.float32,
+                                 x.device))
+        return op @ x.to(op.dtype)
+
+    def node_signal(self, item_features: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        """The graph signal of an item modality: ``[N, d]``, user means first, then items."""
+        x = torch.as_tensor(item_features)
+        users = self.user_mean(x)
+        return torch.cat([users, x.to(users.dtype)], dim=0)

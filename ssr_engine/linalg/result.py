@@ -1,0 +1,53 @@
+"""The result object every eigensolver returns, and the exception for non-convergence."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+__all__ = ["EigResult", "NoConvergence"]
+
+
+@dataclass
+class EigResult:
+    """Eigenpairs of a symmetric operator.
+
+    Attributes:
+        eigenvalues: ``[k]`` ascending.
+        eigenvectors: ``[N, k]`` orthonormal columns; ``eigenvectors[:, i]`` belongs to
+            ``eigenvalues[i]``.
+        residuals: ``[k]`` relative residual norms ``||A v - λ v|| / max(||A||_est, |λ|)``
+            as defined by the solver's docstring.
+        iterations: iterations (or restarts) taken.
+        converged: whether every requested pair met the tolerance.
+        method: the method that produced it.
+
+    Unpacks as ``w, V = result``.
+    """
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    residuals: torch.Tensor
+    iterations: int
+    converged: bool
+    method: str
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield self.eigenvalues
+        yield self.eigenvectors
+
+    def __repr__(self) -> str:
+        k = self.eigenvalues.numel()
+        res = float(self.residuals.max()) if self.residuals.numel() else 0.0
+        return (f"EigResult(k={k}, method={self.method!r}, converged={self.converged}, "
+                f"iterations={self.iterations}, max_residual={res:.2e})")
+
+
+class NoConvergence(RuntimeError):
+    """Raised when a solver does not reach the tolerance; ``.result`` holds the partial
+    :class:`EigResult` (best pairs found, with their residuals)."""
+
+    def __init__(self, message: str, result: EigResult):
+        super().__init__(message)
+        self.result = result
