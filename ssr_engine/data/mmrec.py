@@ -84,7 +84,7 @@ def load_mmrec(folder: PathLike, name: Optional[str] = None,
             raise ValueError(f"{p.name} has shape {f.shape}; expected at least "
                              f"{n_items} rows (one per itemID)")
         n_items = max(n_items, f.shape[0])
-        feats[m] = np.asarray(f, dtype=np.float32)
+        feats[m] = np.array(f, dtype=np.float32)  # in memory and writable
     return Dataset(users, items, split, n_users, n_items, feats, name=inter.stem)
 
 
