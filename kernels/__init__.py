@@ -2,4 +2,9 @@
 
 Only ``@triton.jit`` kernels and the functions that launch them live here: no autograd and no
 modules. ``ssr_engine.ops`` wraps them with references, autograd and backend dispatch.
+
+* :mod:`.chebyshev` — fused Chebyshev step (CSR SpMM + recurrence + band accumulators, or the
+  KPM inner products), rows binned by degree, long rows split into segments;
+* :mod:`.cp_fusion` — G-HSNO CP fusion with slots read as rows (``[n, S, d]`` or gathered
+  ``[S, N, d]`` bands) or formed from a partial basis; forward, gate and slot backward.
 """
