@@ -53,7 +53,9 @@ def tiles_unity(coeffs: torch.Tensor) -> bool:
 
 
 def _chebyshev_bands_torch(op: Operator, X: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """The lean torch path (no autograd): in-place recurrence and rank-one band updates."""
+    """The lean torch path (no autograd): the recurrence in place in a ``[2, N, d]`` pair
+    buffer, and one ``[M, 2] x [2, N*d]`` GEMM per two orders into the band accumulators
+    (half the accumulator traffic of one rank-one update per order)."""
     M, K = coeffs.shape
     N, d = X.shape
     work = torch.float32 if X.dtype in (torch.bfloat16, torch.float16) else X.dtype
@@ -64,26 +66,27 @@ def _chebyshev_bands_torch(op: Operator, X: torch.Tensor, coeffs: torch.Tensor) 
     m_acc = M - 1 if unity else M
     out = torch.empty(M, N, d, dtype=work, device=X.device)
     acc = out[:m_acc].view(m_acc, N * d)
-    torch.outer(c[:m_acc, 0], x.view(-1), out=acc)
-
-    def step(t, t_prev, first):
-        # t_next = 2 L̃ t - t_prev (first: L̃ t), L̃ = scale * A + shift * I
-        alpha = op.scale if first else 2.0 * op.scale
-        if first:
-            t_next = torch.mm(A, t) if op.scale == 1.0 else torch.mm(A, t).mul_(op.scale)
-        elif t_prev is x:
-            t_next = torch.addmm(t_prev, A, t, beta=-1.0, alpha=alpha)
-        else:
-            t_next = t_prev.addmm_(A, t, beta=-1.0, alpha=alpha)
-        if op.shift != 0.0:
-            t_next.add_(t, alpha=op.shift if first else 2.0 * op.shift)
-        return t_next
-
-    t_prev, t = None, x
-    for k in range(1, K):
-        t_next = step(t, t_prev, k == 1)
-        acc.addr_(c[:m_acc, k], t_next.view(-1))
-        t_prev, t = t, t_next
+    W = torch.empty(2, N, d, dtype=work, device=X.device)  # (t_{k-1}, t_k) or (t_k, t_{k+1})
+    flat = W.view(2, N * d)
+    s, h = op.scale, op.shift
+    W[0].copy_(x)
+    torch.mm(A, x, out=W[1])  # t_1 = s A x + h x
+    if s != 1.0:
+        W[1].mul_(s)
+    if h != 0.0:
+        W[1].add_(x, alpha=h)
+    torch.mm(c[:m_acc, 0:2], flat, out=acc)
+    k = 2
+    while k < K:
+        # slot 0 <- t_k = 2 L̃ t_{k-1} - t_{k-2}; slot 1 <- t_{k+1} = 2 L̃ t_k - t_{k-1}
+        pairs = ((0, 1), (1, 0)) if k + 1 < K else ((0, 1),)
+        for dst, src in pairs:
+            W[dst].addmm_(A, W[src], beta=-1.0, alpha=2.0 * s)
+            if h != 0.0:
+                W[dst].add_(W[src], alpha=2.0 * h)
+        n = len(pairs)
+        acc.addmm_(c[:m_acc, k:k + n], flat[:n])
+        k += 2
     if unity:
         torch.sub(x, out[:m_acc].sum(dim=0), out=out[M - 1])
     return out.to(X.dtype)

@@ -1,0 +1,224 @@
+"""SpectralBands against the exact spectrum: partition of unity, edges, shares, signals."""
+import numpy as np
+import pytest
+import torch
+
+import ssr_engine
+import ssr_engine.linalg
+from ssr_engine import EigResult, InteractionGraph, SpectralBands
+from ssr_engine.spectral import filter_response
+from tolerances import tol
+
+DTYPES = [torch.float64, torch.float32]
+
+
+def _dense_graph_eigs(graph, k, which="both", tol=None, dtype=torch.float32, device=None):
+    """Dense stand-in for ssr_engine.graph_eigs: the k lowest and k highest eigenpairs."""
+    L = np.eye(graph.n_nodes) - graph.normalized_adjacency_scipy().toarray()
+    w, U = np.linalg.eigh(L)
+    idx = np.r_[np.arange(k), np.arange(graph.n_nodes - k, graph.n_nodes)]
+    w, U = torch.from_numpy(w[idx]).to(dtype), torch.from_numpy(U[:, idx]).to(dtype)
+    return EigResult(w, U, torch.zeros(2 * k, dtype=dtype), 0, True, "dense")
+
+
+@pytest.fixture
+def dense_eigs(monkeypatch):
+    monkeypatch.setattr(ssr_engine.linalg, "graph_eigs", _dense_graph_eigs, raising=False)
+
+
+@pytest.fixture(scope="module")
+def exact_ml(ml):
+    """One exact SpectralBands per dtype on MovieLens (the SVD is computed once; tests refit)."""
+    cache = {}
+
+    def get(dtype=torch.float32):
+        if dtype not in cache:
+            cache[dtype] = SpectralBands(ml.graph, 4, method="exact", dtype=dtype)
+        return cache[dtype]
+    return get
+
+
+def _bands(ml, exact_ml, method, dtype=torch.float32, **kw):
+    return exact_ml(dtype) if method == "exact" else SpectralBands(ml.graph, 4, method=method,
+                                                                   dtype=dtype, **kw)
+
+
+def _unity_error(sb, X):
+    Y = sb.transform(X)
+    x = torch.as_tensor(X).to(sb.dtype)
+    return float((Y.sum(0) - x).norm() / x.norm())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["exact", "chebyshev"])
+def test_partition_of_unity(ml, exact_ml, method, dtype):
+    X = ml.signals["text"]
+    sb = _bands(ml, exact_ml, method, dtype).fit(X)
+    assert _unity_error(sb, X) <= tol(dtype, "unity")
+    assert _unity_error(sb, X[:, :7] * 3.0 + 1.0) <= tol(dtype, "unity")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_partition_of_unity_eigen(small, dense_eigs, dtype):
+    X = small.signals["image"]
+    sb = SpectralBands(small.graph, 4, method="eigen", k=30, dtype=dtype).fit(X)
+    assert _unity_error(sb, X) <= tol(dtype, "unity")
+    assert _unity_error(sb.fit_uniform(), X) <= tol(dtype, "unity")
+
+
+@pytest.mark.parametrize("method", ["exact", "chebyshev"])
+def test_partition_of_unity_uniform(small, method):
+    sb = SpectralBands(small.graph, 3, method=method, dtype=torch.float64).fit_uniform()
+    assert sb.edges.tolist() == pytest.approx([0.0, 2 / 3, 4 / 3, 2.0])
+    assert sb.shares_ is None
+    assert _unity_error(sb, small.signals["image"]) <= tol(torch.float64, "unity")
+
+
+@pytest.mark.parametrize("name", ["text", "meta"])
+def test_exact_bands_are_spectral_projections(ml, exact_ml, name):
+    X = ml.signals[name]
+    sb = exact_ml(torch.float64).fit(X)
+    Y = sb.transform(X).numpy()
+    band = np.searchsorted(sb.edges.numpy()[1:-1], ml.w, side="right")
+    for b in range(4):
+        Ub = ml.U[:, band == b]
+        want = Ub @ (Ub.T @ X.numpy())
+        assert np.linalg.norm(Y[b] - want) <= tol(torch.float64) * np.linalg.norm(X.numpy())
+    e = ml.energies(name)
+    shares = np.bincount(band, weights=e, minlength=4) / e.sum()
+    np.testing.assert_allclose(sb.shares_.numpy(), shares, atol=tol(torch.float64))
+    np.testing.assert_allclose(sb.energy(X).numpy(), shares, atol=tol(torch.float64))
+    # No eigenvalue cluster straddles an edge, the λ = 1 atom included.
+    atom = np.abs(ml.w - 1.0) < 1e-8
+    assert len(set(band[atom])) == 1
+    assert any(abs(a.lam - 1.0) < 1e-8 and a.fraction > 0.2 for a in sb.atoms_)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chebyshev_bands_match_exact_damped_response(ml, dtype):
+    X = ml.signals["meta"]
+    sb = SpectralBands(ml.graph, 4, method="chebyshev", order=48, dtype=dtype).fit(X)
+    Y = sb.transform(X).double().numpy()
+    t = np.clip((ml.w - 1.0) / (1.0 + sb.delta), -1.0, 1.0)
+    h = filter_response(sb.coeffs_, t).numpy()
+    C = ml.U.T @ X.numpy()
+    for b in range(4):
+        want = ml.U @ (h[b][:, None] * C)
+        assert np.linalg.norm(Y[b] - want) <= tol(dtype) * np.linalg.norm(want)
+    # The shares predicted from the moments at fit are those of the filtered output.
+    np.testing.assert_allclose(sb.energy(X).numpy(), sb.shares_.numpy(), atol=tol(dtype))
+
+
+@pytest.mark.parametrize("name", ["text", "meta"])
+@pytest.mark.parametrize("method", ["exact", "chebyshev"])
+def test_no_starved_band(ml, exact_ml, name, method):
+    X = ml.signals[name]
+    sb = _bands(ml, exact_ml, method).fit(X)
+    shares = sb.energy(X)
+    assert float(shares.min()) >= 1.0 / 8
+    assert sb.edges[0] == 0.0 and sb.edges[-1] == 2.0 and bool((sb.edges.diff() > 0).all())
+    assert float(shares.sum()) == pytest.approx(1.0)
+
+
+def test_eigen_bands(small, dense_eigs):
+    X = small.signals["image"]
+    k, M = 30, 4
+    sb = SpectralBands(small.graph, M, method="eigen", k=k, dtype=torch.float64).fit(X)
+    Y = sb.transform(X).numpy()
+    N = small.graph.n_nodes
+    idx = np.r_[np.arange(k), np.arange(N - k, N)]
+    w, V = small.w[idx], small.U[:, idx]
+    # Covered bands are projections on the basis vectors whose eigenvalues they hold.
+    band = np.searchsorted(sb.edges.numpy()[1:-1], w, side="right")
+    covered = V @ V.T @ X.numpy()
+    rest = [b for b in range(M) if not np.any(band == b)]
+    for b in range(M):
+        Vb = V[:, band == b]
+        want = Vb @ Vb.T @ X.numpy()
+        if b in rest or b == sb._rest:
+            want = want + X.numpy() - covered
+        assert np.linalg.norm(Y[b] - want) <= tol(torch.float64) * np.linalg.norm(X.numpy())
+    # The residual is its own band, between the low and the high ends.
+    assert 0.0 < sb.uncovered_ < 1.0
+    assert float(sb.shares_.sum()) == pytest.approx(1.0)
+    sp = sb.spectrum(X)
+    assert sp.uncovered == pytest.approx(sb.uncovered_, rel=1e-9)
+
+
+@pytest.mark.skipif(not hasattr(ssr_engine.linalg, "graph_eigs"),
+                    reason="ssr_engine.linalg.graph_eigs has not landed")
+def test_eigen_bands_with_graph_eigs(small):
+    X = small.signals["image"]
+    sb = SpectralBands(small.graph, 4, method="eigen", k=16, dtype=torch.float64).fit(X)
+    assert _unity_error(sb, X) <= tol(torch.float64, "unity")
+    assert float(sb.shares_.sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method", ["exact", "chebyshev"])
+def test_spectrum(ml, exact_ml, method):
+    X = ml.signals["text"]
+    sb = _bands(ml, exact_ml, method, order=64).fit(X)
+    sp = sb.spectrum(X, grid=400)
+    dlam = float(sp.lam[1] - sp.lam[0])
+    total = float(sp.density.sum()) * dlam + sum(a.fraction for a in sp.atoms)
+    assert sp.lam.shape == sp.density.shape == (400,)
+    assert total == pytest.approx(1.0, abs=1e-9 if method == "exact" else 0.02)
+    near_one = [a for a in sp.atoms if abs(a.lam - 1.0) < 0.01]
+    assert len(near_one) == 1 and near_one[0].fraction == pytest.approx(0.363, abs=0.05)
+
+
+def test_auto_method():
+    rng = np.random.default_rng(0)
+    u, i = rng.integers(0, 5000, 20000), rng.integers(0, 4000, 20000)
+    big = InteractionGraph(u, i, 5000, 4000)
+    assert SpectralBands(big).method_ == "chebyshev"
+    assert SpectralBands(big, k=8).method_ == "eigen"
+    small = InteractionGraph([0, 1, 1], [0, 0, 1])
+    assert SpectralBands(small).method_ == "exact"
+
+
+def test_errors(ml):
+    g, X = ml.graph, ml.signals["meta"]
+    with pytest.raises(ValueError, match="n_bands"):
+        SpectralBands(g, 0)
+    with pytest.raises(ValueError, match="method"):
+        SpectralBands(g, 4, method="lanczos")
+    with pytest.raises(ValueError, match=r"N=2625.*exact_max=500.*chebyshev"):
+        SpectralBands(g, 4, method="exact", exact_max=500)
+    with pytest.raises(TypeError, match="InteractionGraph"):
+        SpectralBands(X, 4)
+    sb = SpectralBands(g, 4, method="chebyshev", order=32)
+    with pytest.raises(RuntimeError, match="fit"):
+        sb.transform(X)
+    with pytest.raises(RuntimeError, match="fit"):
+        sb.energy(X)
+    with pytest.raises(ValueError, match=r"X must be \[N=2625, d\]"):
+        sb.fit(X[:100])
+    with pytest.raises(ValueError, match=r"X must be \[N=2625, d\]"):
+        sb.fit(X[:, 0])
+    bad = X.clone()
+    bad[5, 2] = float("nan")
+    with pytest.raises(ValueError, match="row 5, column 2"):
+        sb.fit(bad)
+    trivial = g.trivial_vector(torch.float64)[:, None] * 3.0
+    with pytest.raises(ValueError, match="trivial"):
+        sb.fit(trivial)
+    sb.fit(X)
+    with pytest.raises(ValueError, match="NaN"):
+        sb.transform(bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["exact", "chebyshev"])
+def test_cuda_matches_cpu(ml, method):
+    X = ml.signals["meta"]
+    cpu = SpectralBands(ml.graph, 4, method=method, order=48, dtype=torch.float64).fit(X)
+    gpu = SpectralBands(ml.graph, 4, method=method, order=48, dtype=torch.float64,
+                        device="cuda").fit(X.cuda())
+    np.testing.assert_allclose(gpu.edges.numpy(), cpu.edges.numpy(), atol=1e-9)
+    Yc, Yg = cpu.transform(X), gpu.transform(X.cuda()).cpu()
+    assert float((Yg - Yc).norm() / Yc.norm()) <= tol(torch.float64)
+    assert _unity_error(gpu, X.cuda()) <= tol(torch.float64, "unity")
+    gf = SpectralBands(ml.graph, 4, method=method, order=48, device="cuda").fit(X.cuda())
+    assert _unity_error(gf, X.float().cuda()) <= tol(torch.float32, "unity")
