@@ -13,7 +13,7 @@
   equal the ops reference (:func:`ssr_engine.ops.chebyshev_bands_reference`) on the first
   8 columns and sum back to ``X``. Goal: ratio ≤ 1.2 on the 2-core development machine.
 
-Run: ``flock /tmp/ssr_heavy.lock python -m pytest bench/bench_bands.py --benchmark-only -s``
+Run: ``python -m pytest bench/bench_bands.py --benchmark-only -s``
 (or ``python bench/bench_bands.py`` for the table alone).
 """
 from __future__ import annotations

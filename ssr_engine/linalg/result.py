@@ -17,8 +17,10 @@ class EigResult:
         eigenvalues: ``[k]`` ascending.
         eigenvectors: ``[N, k]`` orthonormal columns; ``eigenvectors[:, i]`` belongs to
             ``eigenvalues[i]``.
-        residuals: ``[k]`` relative residual norms ``||A v - λ v|| / max(||A||_est, |λ|)``
-            as defined by the solver's docstring.
+        residuals: ``[k]`` float64 relative residual norms, recomputed from the returned
+            vectors: ``||A v - λ v|| / max(||A||_est, |λ|)`` for :func:`ssr_engine.eigsh`
+            (``||A||_est`` from a short Lanczos bound, exact for ``method="dense"``), and
+            ``||L v - λ v|| / ||L||`` with ``||L|| = 2`` for :func:`ssr_engine.graph_eigs`.
         iterations: iterations (or restarts) taken.
         converged: whether every requested pair met the tolerance.
         method: the method that produced it.

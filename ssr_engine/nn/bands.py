@@ -1,0 +1,195 @@
+"""Band decomposition of node signals as layers: fixed content bands and spectral ID bands.
+
+**Content modalities** (DESIGN.md §3). Band filters are linear and commute with the learnable
+projection ``W_m``: ``h_b(L)(X W) = (h_b(L) X) W``. So the band signals of the *raw* (PCA-
+reduced) features are computed once by :class:`~ssr_engine.spectral.SpectralBands` and stored
+(:class:`FixedBands`); a training step only reads rows and multiplies by ``W_m``.
+
+**The ID modality** is learned, so its bands cannot be precomputed. It is parameterised in
+the spectral domain (:class:`SpectralIDBands`): with an orthonormal eigenbasis ``U`` of ``L``
+(the full basis on small graphs, or the ``k`` lowest and ``k`` highest eigenpairs from one
+partial SVD of ``R̃`` on large ones), band ``b`` of the ID signal is ``U_b C_b`` — the basis
+vectors whose eigenvalues fall in band ``b``, times free coefficients ``C_b``. This is exactly
+band-limited, needs no propagation per step (a batch costs ``O(n·k·d)``) and never touches
+the whole graph. When the basis is partial, the spectrum it does not cover gets a free
+per-node residual ``E_res`` (initialised in the orthogonal complement of the basis, free
+afterwards; documented as the mid-frequency part of the ID signal) that is added to the band
+holding the uncovered gap. With the full basis ``E = Σ_b U_b C_b`` reaches every ``[N, d]``
+table, so the parameterisation loses nothing.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["FixedBands", "SpectralIDBands", "reduce_features"]
+
+
+def reduce_features(features: torch.Tensor, d0: int) -> torch.Tensor:
+    """Reduce ``[n, d_m]`` features to ``[n, min(d_m, d0)]`` by PCA (centred SVD).
+
+    Features with at most ``d0`` columns are returned unchanged (as float64). Deterministic.
+    """
+    x = torch.as_tensor(features, dtype=torch.float64)
+    if x.dim() != 2:
+        raise ValueError(f"features must be [n, d], got {tuple(x.shape)}")
+    if x.shape[1] <= d0:
+        return x
+    xc = x - x.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(xc, full_matrices=False)
+    return xc @ vh[:d0].T
+
+
+class FixedBands(nn.Module):
+    """Precomputed band signals of one content modality, projected by a learnable ``W_m``.
+
+    Args:
+        bands: ``[M, N, d0]`` band signals (``Σ_b bands[b]`` is the node signal).
+        dim: output size ``d``.
+
+    Shapes:
+        ``forward(nodes [n])`` -> ``[n, M, d]``.
+
+    Example:
+        >>> import torch
+        >>> from ssr_engine.nn import FixedBands
+        >>> layer = FixedBands(torch.randn(4, 10, 6), dim=8)
+        >>> layer(torch.tensor([0, 3, 9])).shape
+        torch.Size([3, 4, 8])
+    """
+
+    def __init__(self, bands: torch.Tensor, dim: int):
+        super().__init__()
+        if bands.dim() != 3:
+            raise ValueError(f"bands must be [M, N, d0], got {tuple(bands.shape)}")
+        if not torch.isfinite(bands).all():
+            raise ValueError("band signals contain NaN or inf")
+        self.register_buffer("bands", bands.float().contiguous())
+        self.proj = nn.Linear(bands.shape[2], dim, bias=False)
+
+    @property
+    def n_bands(self) -> int:
+        return self.bands.shape[0]
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        x = self.bands[:, nodes]                      # [M, n, d0]
+        return self.proj(x).transpose(0, 1)           # [n, M, d]
+
+
+class SpectralIDBands(nn.Module):
+    """ID embeddings parameterised in the spectral domain, split into bands.
+
+    Args:
+        basis: ``[N, k]`` orthonormal eigenvectors of ``L``.
+        eigenvalues: ``[k]`` their eigenvalues (in ``[0, 2]``).
+        edges: ``[M + 1]`` ascending band edges in ``λ`` (``edges[0] = 0``, ``edges[-1] = 2``);
+            a vector with eigenvalue ``λ`` belongs to the band ``b`` with
+            ``edges[b] ≤ λ < edges[b + 1]`` (the last band includes 2).
+        dim: embedding size ``d``.
+        residual: add a free per-node residual for the spectrum the basis does not cover
+            (use it when the basis is partial).
+        init_std: standard deviation of the initial (node-domain) embeddings; default
+            ``sqrt(2 / (N + d))`` (Xavier, as the baselines).
+        prior: fixed spectral prior ``s(λ)`` on the coefficients (band ``b`` is
+            ``U_b diag(s_b) C_b``): ``"none"`` (``s = 1``); ``"lightgcn"`` — the response of a
+            3-layer LightGCN, ``s = (1 + σ + σ² + σ³)/4`` with ``σ = 1 − λ`` (smooth
+            components learn and start large, ``λ → 2`` is suppressed); ``"mirror"`` — the
+            same in ``|σ|``, symmetric under the bipartite mirror ``λ ↔ 2 − λ``. The residual
+            takes ``s(1)``. Under Adam a coefficient moves about ``lr`` per step whatever its
+            gradient scale, so ``s`` sets how fast (and from how large) each frequency of the
+            ID signal is learned — the smoothness bias a propagating model has built in.
+        generator: optional torch generator for the initialisation.
+
+    Shapes:
+        ``forward(nodes [n])`` -> ``[n, M, d]``; ``full()`` -> ``[N, M, d]``.
+
+    Example:
+        >>> import torch, ssr_engine
+        >>> from ssr_engine.nn import SpectralIDBands
+        >>> g = ssr_engine.InteractionGraph([0, 0, 1, 2], [0, 1, 1, 2])
+        >>> w, U = torch.linalg.eigh(g.laplacian(dtype=torch.float64).to_dense())
+        >>> ids = SpectralIDBands(U, w, torch.tensor([0.0, 1.0, 2.0]), dim=4)
+        >>> ids(torch.tensor([0, 5])).shape
+        torch.Size([2, 2, 4])
+    """
+
+    def __init__(self, basis: torch.Tensor, eigenvalues: torch.Tensor, edges: torch.Tensor,
+                 dim: int, residual: bool = False, init_std: Optional[float] = None,
+                 prior: str = "none", generator: Optional[torch.Generator] = None):
+        super().__init__()
+        basis = torch.as_tensor(basis)
+        lam = torch.as_tensor(eigenvalues, dtype=torch.float64).cpu()
+        edges = torch.as_tensor(edges, dtype=torch.float64).cpu()
+        if basis.dim() != 2 or lam.shape != (basis.shape[1],):
+            raise ValueError(f"basis must be [N, k] with k eigenvalues, got {tuple(basis.shape)} "
+                             f"and {tuple(lam.shape)}")
+        if edges.dim() != 1 or edges.numel() < 2 or bool((edges[1:] < edges[:-1]).any()):
+            raise ValueError(f"edges must be an ascending [M + 1] vector, got {edges.tolist()}")
+        n_nodes, k = basis.shape
+        M = edges.numel() - 1
+        order = torch.argsort(lam)
+        lam = lam[order]
+        band = torch.bucketize(lam, edges[1:-1], right=True)          # [k] in [0, M)
+        counts = torch.bincount(band, minlength=M)
+        self.register_buffer("basis", basis[:, order.to(basis.device)].float().contiguous())
+        self.register_buffer("eigenvalues", lam.float())
+        self.register_buffer("edges", edges.float())
+        self.slices = [(int(a), int(b)) for a, b in
+                       zip(torch.cumsum(counts, 0) - counts, torch.cumsum(counts, 0))]
+        self.dim, self.n_nodes = int(dim), n_nodes
+        std = math.sqrt(2.0 / (n_nodes + dim)) if init_std is None else float(init_std)
+        priors = ("none", "lightgcn", "mirror")
+        if prior not in priors:
+            raise ValueError(f"prior must be one of {priors}, got {prior!r}")
+        self.register_buffer("prior", self._prior(lam, prior).float())
+        self.residual_scale = float(self._prior(torch.ones(1, dtype=torch.float64), prior))
+        self.coef = nn.Parameter(torch.randn(k, dim, generator=generator,
+                                             dtype=torch.float64).float() * std)
+        self.residual_band: Optional[int] = None
+        if residual:
+            lo = lam[lam < 1.0]
+            hi = lam[lam >= 1.0]
+            gap_lo = float(lo.max()) if lo.numel() else 0.0
+            gap_hi = float(hi.min()) if hi.numel() else 2.0
+            mid = 0.5 * (gap_lo + gap_hi)
+            self.residual_band = int(torch.bucketize(torch.tensor([mid], dtype=torch.float64),
+                                                     edges[1:-1], right=True))
+            e0 = torch.randn(n_nodes, dim, generator=generator, dtype=torch.float64) * std
+            U = self.basis.double().cpu()
+            e0 = e0 - U @ (U.T @ e0)
+            self.residual = nn.Parameter(e0.float().to(basis.device))
+
+    @staticmethod
+    def _prior(lam: torch.Tensor, kind: str) -> torch.Tensor:
+        if kind == "none":
+            return torch.ones_like(lam)
+        sigma = 1.0 - lam
+        if kind == "mirror":
+            sigma = sigma.abs()
+        return (1.0 + sigma + sigma ** 2 + sigma ** 3) / 4.0
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.slices)
+
+    def extra_repr(self) -> str:
+        sizes = [b - a for a, b in self.slices]
+        return (f"n_nodes={self.n_nodes}, dim={self.dim}, basis_per_band={sizes}, "
+                f"residual_band={self.residual_band}")
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        u = self.basis[nodes]                                          # [n, k]
+        out = []
+        for b, (a, e) in enumerate(self.slices):
+            x = u[:, a:e] @ (self.prior[a:e, None] * self.coef[a:e])  # [n, d] (0 if empty)
+            if b == self.residual_band:
+                x = x + self.residual_scale * self.residual[nodes]
+            out.append(x)
+        return torch.stack(out, dim=1)
+
+    def full(self) -> torch.Tensor:
+        """Band signals of every node ``[N, M, d]``."""
+        return self(torch.arange(self.n_nodes, device=self.basis.device))

@@ -1,0 +1,83 @@
+"""Checkpoints: written atomically, refused when they come from another configuration.
+
+A checkpoint is one ``torch.save`` file holding the model and optimiser states, the RNG
+states (torch, the sampler's numpy generator), the completed epoch, the early-stopping
+state and the run's configuration. It is written to a temporary file in the same folder
+and moved into place with ``os.replace``, so an interrupted write never leaves a torn file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import torch
+
+__all__ = ["save_checkpoint", "load_checkpoint", "config_diff"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.loads(json.dumps(v))  # tuples -> lists, like a saved config
+    return out
+
+
+def config_diff(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, tuple]:
+    """Keys whose values differ between two (nested) configs: ``{key: (saved, current)}``."""
+    a, b = _flatten(saved), _flatten(current)
+    return {k: (a.get(k, "<absent>"), b.get(k, "<absent>"))
+            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")}
+
+
+def load_checkpoint(path: PathLike, config: Dict[str, Any]) -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` for the same configuration.
+
+    Args:
+        path: checkpoint file.
+        config: the current run's configuration; it must equal the saved one.
+
+    Returns:
+        The saved state dict.
+
+    Raises:
+        ValueError: when the checkpoint was written by a different configuration (the
+            differing keys are listed) or is not a checkpoint of this harness.
+    """
+    path = Path(path)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"{path} is not a checkpoint written by ssr_engine.train")
+    diff = config_diff(state["config"], config)
+    if diff:
+        lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"checkpoint {path} was written by a different configuration "
+                         f"({lines}); resume with the same settings, or delete the file / "
+                         "choose another output folder to start afresh")
+    return state

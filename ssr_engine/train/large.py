@@ -1,0 +1,465 @@
+"""Training at scale: constant-cost steps, sampled full-ranking evaluation, exact resume, DDP.
+
+:class:`LargeTrainer` trains a :class:`~ssr_engine.train.stored_model.StoredSSR` (band
+features read by rows from a store, sparse ID residual) so that a step's cost does not
+grow with the graph:
+
+* **steps** — an epoch visits every training interaction once in batches of
+  ``batch_size``; a step gathers its batch's rows, updates the dense parameters with Adam
+  and the touched residual rows with ``SparseAdam``. No full-graph work per step.
+* **randomness by position** — the epoch's permutation comes from ``(seed, epoch)`` and a
+  step's negatives and torch RNG (band mask, alignment subset) from
+  ``(seed, epoch, step)``, so a run resumed at any step continues exactly as the
+  uninterrupted one, whichever process count or interruption came before.
+* **checkpoints** — after every epoch (and every ``checkpoint_every`` steps, and on
+  SIGINT/SIGTERM after the current step), written atomically; a run killed outright
+  (SIGKILL) resumes from the last one and redoes the lost steps identically.
+* **evaluation** — full ranking (training items masked) of all users or a fixed random
+  sample of ``eval_users``, in blocks of users sized to the item count; the model embeds
+  only the evaluated users and the items.
+* **distributed** — with ``torch.distributed`` initialised (``torchrun`` or
+  :func:`~ssr_engine.run_local`), every process draws the same global batch and trains on
+  its ``1/P`` share under ``DistributedDataParallel`` (the sparse residual gradients are
+  all-reduced as sparse tensors: gloo); evaluation users are split across processes. A
+  peer that dies makes the others raise :class:`~ssr_engine.RankFailure` within the
+  process-group timeout.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ..data import Dataset
+from ..distributed import collective
+from ..metrics import RankingResult, full_ranking
+from .checkpoint import load_checkpoint, save_checkpoint
+from .sampling import BPRSampler
+from .stored_model import StoredSSR
+from .trainer import TrainResult
+
+__all__ = ["LargeConfig", "LargeTrainer", "Interrupted"]
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint.
+
+    Attributes:
+        signum: the signal.
+        epoch: completed epochs.
+        step: steps done in the current epoch.
+        checkpoint: the file saved (None when the trainer has no checkpoint).
+    """
+
+    def __init__(self, signum: int, epoch: int, step: int, checkpoint: Optional[Path]):
+        name = signal.Signals(signum).name
+        where = f"after {epoch} epochs and {step} steps of the next"
+        saved = (f"checkpoint saved to {checkpoint}; run again with --resume to continue"
+                 if checkpoint is not None else "no checkpoint file was configured")
+        super().__init__(f"interrupted by {name} {where}; {saved}")
+        self.signum, self.epoch, self.step, self.checkpoint = signum, epoch, step, checkpoint
+
+
+@dataclass
+class LargeConfig:
+    """Settings of a large-scale training run.
+
+    Attributes:
+        epochs: maximum number of epochs.
+        batch_size: training interactions per (global) step.
+        lr: learning rate of Adam (dense parameters) and SparseAdam (ID residual).
+        n_neg: negatives per positive.
+        patience: evaluations without improvement before stopping.
+        eval_every: epochs between validation evaluations.
+        eval_users: evaluate a fixed random sample of this many users (``None``: all).
+        valid_metric: metric that selects the epoch.
+        ks: cut-offs of the reported metrics.
+        cold_max: users with at most this many interactions form the cold-start group.
+        seed: seed of sampling and evaluation users.
+        checkpoint_every: also checkpoint every this many steps (0: epoch ends only).
+        quiet: no progress bars.
+    """
+
+    epochs: int = 3
+    batch_size: int = 8192
+    lr: float = 1e-3
+    n_neg: int = 1
+    patience: int = 20
+    eval_every: int = 1
+    eval_users: Optional[int] = 20000
+    valid_metric: str = "recall@20"
+    ks: Sequence[int] = (10, 20)
+    cold_max: int = 5
+    seed: int = 0
+    checkpoint_every: int = 0
+    quiet: bool = False
+
+    def identity(self) -> Dict:
+        """The settings that define the run (a checkpoint must match them to resume)."""
+        d = asdict(self)
+        for k in ("epochs", "patience", "quiet", "checkpoint_every"):
+            d.pop(k)
+        d["ks"] = list(d["ks"])
+        return d
+
+
+def _step_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
+
+
+class _Signals:
+    """Catch SIGINT/SIGTERM while training; a second signal interrupts at once."""
+
+    def __init__(self):
+        self.caught: Optional[int] = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.caught is not None:
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.caught = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+class LargeTrainer:
+    """Train a :class:`~ssr_engine.train.stored_model.StoredSSR` with constant-cost steps.
+
+    Args:
+        model: the model (built on ``dataset``'s training interactions).
+        dataset: interactions with train / valid / test labels.
+        config: a :class:`LargeConfig`.
+        checkpoint: file saved after every epoch (and on signals) and resumed from when it
+            exists (``None``: no checkpoints).
+        distributed: train under ``DistributedDataParallel`` on the default process group
+            (every process runs this with the same arguments; process 0 writes the
+            checkpoint).
+
+    Raises:
+        ValueError: when model and dataset disagree, the split lacks validation or test
+            interactions, or the checkpoint comes from another configuration.
+
+    Example:
+        >>> import tempfile
+        >>> from ssr_engine.data import synthetic_dataset
+        >>> from ssr_engine.train.precompute import precompute_bands
+        >>> from ssr_engine.train.stored_model import StoredSSR
+        >>> ds = synthetic_dataset(300, 200, 4000, modalities={"text": 8}, seed=0)
+        >>> store, _ = precompute_bands(ds.train_graph(), ds.features, tempfile.mkdtemp(),
+        ...                             n_bands=2, order=16, d0=8, quiet=True)
+        >>> model = StoredSSR(store, ds.user_item_matrix("train"), dim=16, rank=4)
+        >>> res = LargeTrainer(model, ds, LargeConfig(epochs=2, batch_size=512,
+        ...                                           quiet=True)).fit()
+        >>> res.epochs_run
+        2
+    """
+
+    def __init__(self, model: StoredSSR, dataset: Dataset, config: Optional[LargeConfig] = None,
+                 checkpoint: Union[str, Path, None] = None, distributed: bool = False):
+        self.model, self.ds = model, dataset
+        self.cfg = cfg = config or LargeConfig()
+        if (model.n_users, model.n_items) != (dataset.n_users, dataset.n_items):
+            raise ValueError(f"model is for {model.n_users} users x {model.n_items} items but "
+                             f"the dataset has {dataset.n_users} x {dataset.n_items}")
+        if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.eval_every < 1:
+            raise ValueError(f"batch_size and eval_every must be >= 1 and epochs >= 0, got "
+                             f"{cfg.batch_size}, {cfg.eval_every}, {cfg.epochs}")
+        if cfg.eval_users is not None and cfg.eval_users < 1:
+            raise ValueError(f"eval_users must be >= 1 or None (all), got {cfg.eval_users}")
+        if cfg.valid_metric not in {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map")
+                                    for k in cfg.ks}:
+            raise ValueError(f"valid_metric {cfg.valid_metric!r} must be one of the reported "
+                             f"metrics at ks={list(cfg.ks)}")
+        self.distributed = bool(distributed)
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.train_m = model._seen
+        self.valid_m = dataset.user_item_matrix("valid")
+        self.test_m = dataset.user_item_matrix("test")
+        for split, m in (("validation", self.valid_m), ("test", self.test_m)):
+            if m.nnz == 0:
+                raise ValueError(f"dataset {dataset.name!r} has no {split} interactions")
+        self.cold = dataset.cold_users(cfg.cold_max)
+        self.sampler = BPRSampler(self.train_m, cfg.batch_size, cfg.n_neg)
+        if self.distributed and model.sparse_parameters() and dist.get_backend() != "gloo":
+            raise ValueError(f"the ID residual's sparse gradients are all-reduced by gloo only; "
+                             f"the process group uses {dist.get_backend()!r}: build the model "
+                             "without the residual (--no-residual) or use gloo")
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+            with collective("DistributedDataParallel setup"):
+                self.net = DistributedDataParallel(model)
+        else:
+            self.net = model
+        self.opt = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
+        sparse = model.sparse_parameters()
+        self.sparse_opt = torch.optim.SparseAdam(sparse, lr=cfg.lr) if sparse else None
+        self.eval_users = self._sample_eval_users()
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.run_config = {"model": model.config(), "train": cfg.identity(),
+                           "data": {"n_users": dataset.n_users, "n_items": dataset.n_items,
+                                    "n_valid": int(self.valid_m.nnz),
+                                    "n_test": int(self.test_m.nnz)}}
+        self.epoch, self.step = 0, 0
+        self.partial = [0.0, 0]                    # loss sum and count of the running epoch
+        self.best = {"metric": -np.inf, "epoch": 0, "state": None, "valid": {}}
+        self.bad_evals = 0
+        self.history: List[Dict] = []
+        self.test_result: Optional[RankingResult] = None        # set by fit()
+        if self.checkpoint is not None and self.checkpoint.exists():
+            self._restore(load_checkpoint(self.checkpoint, self.run_config))
+
+    # -- helpers --------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.sampler.users.size // self.cfg.batch_size)
+
+    def _sample_eval_users(self) -> Optional[np.ndarray]:
+        n = self.cfg.eval_users
+        if n is None:
+            return None
+        cand = np.flatnonzero((np.diff(self.valid_m.indptr) > 0)
+                              | (np.diff(self.test_m.indptr) > 0))
+        if cand.size <= n:
+            return cand
+        rng = np.random.default_rng([int(self.cfg.seed), 0xE7A1])
+        return np.sort(rng.choice(cand, n, replace=False))
+
+    def _collective(self, what: str):
+        return collective(what) if self.distributed else contextlib.nullcontext()
+
+    def _state(self) -> Dict:
+        return {"config": self.run_config, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "sparse_optimizer": self.sparse_opt.state_dict() if self.sparse_opt else None,
+                "epoch": self.epoch, "step": self.step, "partial": list(self.partial),
+                "best": self.best, "bad_evals": self.bad_evals, "history": self.history,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                        "python": random.getstate()}}
+
+    def _restore(self, st: Dict) -> None:
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        if self.sparse_opt is not None:
+            self.sparse_opt.load_state_dict(st["sparse_optimizer"])
+        self.epoch, self.step = st["epoch"], st["step"]
+        # The saved loss sum covers every process: process 0 carries it on.
+        self.partial = list(st["partial"]) if self.rank == 0 else [0.0, 0]
+        self.best, self.bad_evals, self.history = st["best"], st["bad_evals"], st["history"]
+        torch.set_rng_state(st["rng"]["torch"])
+        np.random.set_state(st["rng"]["numpy"])
+        random.setstate(st["rng"]["python"])
+
+    def save(self) -> None:
+        """Write the checkpoint (process 0; the others wait for it)."""
+        if self.checkpoint is None:
+            return
+        state_partial = list(self.partial)
+        if self.distributed:                     # the running epoch's loss over all processes
+            t = torch.tensor(self.partial, dtype=torch.float64)
+            with self._collective("checkpoint loss sum"):
+                dist.all_reduce(t)
+            state_partial = [float(t[0]), int(t[1])]
+        if self.rank == 0:
+            state = self._state()
+            state["partial"] = state_partial
+            save_checkpoint(state, self.checkpoint)
+        if self.distributed:
+            with self._collective("checkpoint barrier"):
+                dist.barrier()
+
+    # -- training ---------------------------------------------------------------------------------
+    def _batch(self, perm: np.ndarray, epoch: int, step: int):
+        B = self.cfg.batch_size
+        idx = perm[step * B:(step + 1) * B]
+        u, p = self.sampler.users[idx], self.sampler.items[idx]
+        self.sampler.rng = np.random.default_rng([int(self.cfg.seed), 2, epoch, step])
+        q = self.sampler.negatives(u)
+        if self.world > 1:
+            u, p, q = u[self.rank::self.world], p[self.rank::self.world], q[self.rank::self.world]
+        return u, p, q
+
+    def _stop_requested(self, signals: _Signals) -> bool:
+        flag = 1 if signals.caught is not None else 0
+        if self.distributed:
+            t = torch.tensor([flag], dtype=torch.int64)
+            with self._collective("stop flag"):
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = int(t)
+        return bool(flag)
+
+    def train_epoch(self, signals: Optional[_Signals] = None) -> float:
+        """Run (the rest of) one epoch; returns its mean training loss."""
+        signals = signals or _Signals()
+        cfg, e = self.cfg, self.epoch
+        self.model.train()
+        dev = self.model.device
+        perm = np.random.default_rng([int(cfg.seed), 1, e]).permutation(self.sampler.users.size)
+        steps = self.steps_per_epoch
+        if self.world > 1 and perm.size - (steps - 1) * cfg.batch_size < self.world:
+            steps -= 1                              # a last batch too small to share
+        bar = tqdm(total=steps, initial=self.step, desc=f"epoch {e + 1}", unit="step",
+                   disable=cfg.quiet or self.rank != 0, dynamic_ncols=True, leave=False)
+        try:
+            while self.step < steps:
+                u, p, q = self._batch(perm, e, self.step)
+                torch.manual_seed(_step_seed(cfg.seed, 3, e, self.step))
+                with self._collective(f"training step {self.step} of epoch {e + 1}"):
+                    losses = self.net(torch.from_numpy(u).to(dev), torch.from_numpy(p).to(dev),
+                                      torch.from_numpy(q).to(dev))
+                    self.opt.zero_grad(set_to_none=True)
+                    if self.sparse_opt is not None:
+                        self.sparse_opt.zero_grad(set_to_none=True)
+                    losses["loss"].backward()
+                self.opt.step()
+                if self.sparse_opt is not None:
+                    self.sparse_opt.step()
+                loss = float(losses["loss"].detach())
+                self.partial[0] += loss * u.size
+                self.partial[1] += u.size
+                self.step += 1
+                bar.update(1)
+                if self.step % 20 == 0:
+                    bar.set_postfix(loss=f"{self.partial[0] / self.partial[1]:.4f}")
+                if self._stop_requested(signals):
+                    self.save()
+                    raise Interrupted(signals.caught or signal.SIGTERM, self.epoch, self.step,
+                                      self.checkpoint)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
+                        and self.step < steps:
+                    self.save()
+        finally:
+            bar.close()
+        total = torch.tensor(self.partial, dtype=torch.float64)
+        if self.distributed:
+            with self._collective("epoch loss"):
+                dist.all_reduce(total)
+        self.epoch, self.step, self.partial = e + 1, 0, [0.0, 0]
+        return float(total[0] / max(total[1], 1))
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, split: str = "valid") -> RankingResult:
+        """Full ranking (training items masked) of the evaluation users on ``split``.
+
+        Every process ranks its share of the users; the per-user metrics are gathered.
+        """
+        truth = {"valid": self.valid_m, "test": self.test_m}.get(split)
+        if truth is None:
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        users = np.flatnonzero(np.diff(truth.indptr) > 0)
+        if self.eval_users is not None:
+            users = np.intersect1d(users, self.eval_users)
+        mine = users[self.rank::self.world]
+        model, nu, ni = self.model, self.model.n_users, self.model.n_items
+        was = model.training
+        model.eval()
+        show = not self.cfg.quiet and self.rank == 0
+        try:
+            with tqdm(total=ni + mine.size, desc=f"embed ({split})", unit="node",
+                      disable=not show, dynamic_ncols=True, leave=False) as bar:
+                items = model.embed(torch.arange(nu, nu + ni), progress=bar)
+                u_emb = model.embed(torch.from_numpy(mine), progress=bar)
+            block = max(1, min(4096, (1 << 25) // max(ni, 1)))
+            per_user: Dict[str, List[np.ndarray]] = {}
+            with tqdm(total=mine.size, desc=f"rank ({split})", unit="user", disable=not show,
+                      dynamic_ncols=True, leave=False) as bar:
+                for lo in range(0, mine.size, block):
+                    part = mine[lo:lo + block]
+                    # mine is sorted and every user has a relevant item: ub == part.
+                    res = full_ranking(lambda ub, lo=lo: u_emb[lo:lo + ub.numel()] @ items.T,
+                                       truth, self.train_m, self.cfg.ks, users=part,
+                                       block=part.size, device=model.device)
+                    for k, v in res.per_user.items():
+                        per_user.setdefault(k, []).append(v)
+                    bar.update(part.size)
+        finally:
+            model.train(was)
+        local = (mine, {k: np.concatenate(v) for k, v in per_user.items()})
+        if self.distributed:
+            parts = [None] * self.world
+            with self._collective(f"{split} evaluation gather"):
+                dist.all_gather_object(parts, local)
+        else:
+            parts = [local]
+        all_users = np.concatenate([p[0] for p in parts])
+        order = np.argsort(all_users, kind="stable")
+        keys = [k for p in parts for k in p[1]]
+        merged = {k: np.concatenate([p[1][k] for p in parts if k in p[1]])[order]
+                  for k in dict.fromkeys(keys)}
+        return RankingResult(users=all_users[order], per_user=merged)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train until ``epochs`` or early stopping, then evaluate the best state on test.
+
+        Raises:
+            Interrupted: on SIGINT/SIGTERM, after saving the checkpoint.
+            RankFailure: when a peer process failed (distributed).
+        """
+        cfg = self.cfg
+        t_train = t_eval = 0.0
+        first = self.epoch
+        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", unit="epoch",
+                   disable=cfg.quiet or self.rank != 0, dynamic_ncols=True)
+        try:
+            with _Signals() as signals:
+                while self.epoch < cfg.epochs and self.bad_evals < cfg.patience:
+                    t0 = time.perf_counter()
+                    loss = self.train_epoch(signals)
+                    t_train += time.perf_counter() - t0
+                    if not np.isfinite(loss):
+                        raise FloatingPointError(f"training loss became {loss} at epoch "
+                                                 f"{self.epoch}; lower the learning rate")
+                    if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                        t0 = time.perf_counter()
+                        valid = self.evaluate("valid").summary()
+                        t_eval += time.perf_counter() - t0
+                        score = valid[cfg.valid_metric]
+                        self.history.append({"epoch": self.epoch, "loss": loss,
+                                             cfg.valid_metric: score})
+                        if score > self.best["metric"]:
+                            self.best = {"metric": score, "epoch": self.epoch, "valid": valid,
+                                         "state": {k: v.detach().clone() for k, v in
+                                                   self.model.state_dict().items()}}
+                            self.bad_evals = 0
+                        else:
+                            self.bad_evals += 1
+                        bar.set_postfix(loss=f"{loss:.4f}", valid=f"{score:.4f}",
+                                        best=f"{self.best['metric']:.4f}@{self.best['epoch']}")
+                    bar.update(1)
+                    self.save()
+        finally:
+            bar.close()
+        if self.best["state"] is None:
+            raise RuntimeError("no validation evaluation was run (epochs < eval_every?)")
+        self.model.load_state_dict(self.best["state"])
+        t0 = time.perf_counter()
+        test = self.evaluate("test")
+        t_eval += time.perf_counter() - t0
+        self.test_result = test
+        return TrainResult(best_epoch=self.best["epoch"], valid=self.best["valid"],
+                           test=test.summary(), test_cold=test.summary(self.cold),
+                           epochs_run=self.epoch, epochs_this_call=self.epoch - first,
+                           train_seconds=t_train, eval_seconds=t_eval,
+                           history=list(self.history))

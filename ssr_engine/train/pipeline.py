@@ -1,0 +1,299 @@
+"""The large-scale pipeline: data -> feasibility -> graph -> band store -> training -> report.
+
+:func:`run_large` is what ``python examples/train_large.py --approx chebyshev`` runs (and
+``torchrun --nproc_per_node=P examples/train_large.py --approx chebyshev --distributed``):
+
+1. **data** — an MMRec folder, or the built-in synthetic multimodal generator at any size;
+2. **feasibility** — the band method's memory and time are estimated from the sizes alone
+   and a hopeless choice (e.g. ``exact`` on a million users) is refused before any work,
+   with the estimate and the alternative;
+3. **graph** and **band store** — band features of every modality computed once
+   (:func:`~ssr_engine.train.precompute.precompute_bands`, progress bars with rates and
+   ETA) or reused when the store in the output folder was computed from the same inputs;
+   a full disk is refused before writing, and the checkpoint is left as it was;
+4. **training** — :class:`~ssr_engine.train.large.LargeTrainer` (constant-cost steps,
+   checkpoint every epoch and on SIGINT/SIGTERM, exact resume, sampled full ranking);
+5. **report** — ``<out>/metrics.json`` (written atomically by process 0) and a summary.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from ..data import Dataset, load_mmrec, synthetic_dataset
+from ..distributed import init_distributed, shutdown_distributed
+from .large import LargeConfig, LargeTrainer
+from .precompute import check_feasible, precompute_bands
+from .stored_model import StoredSSR
+
+__all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC"]
+
+#: the built-in synthetic graph of the default run: (users, items, interactions).
+DEFAULT_SYNTHETIC = (120_000, 60_000, 2_400_000)
+#: feature widths of the synthetic modalities.
+SYNTHETIC_MODALITIES = {"image": 64, "text": 32}
+
+
+@dataclass
+class LargeRun:
+    """Options of :func:`run_large` (the command-line flags of ``train_large.py``).
+
+    Attributes:
+        out: output folder (checkpoint, metrics, band store).
+        data: MMRec folder (``None``: synthetic).
+        synthetic: ``(users, items, interactions)`` of the synthetic graph.
+        modalities: feature modalities to use (``None``: all; ``[]``: ID only).
+        approx: band method (``auto``, ``exact``, ``eigen``, ``chebyshev``).
+        resume: continue from ``out/checkpoint.pt`` (required when it exists, unless
+            ``fresh``).
+        fresh: delete an existing checkpoint and start over.
+        distributed: one process per rank (``torchrun``): row-partitioned band
+            precompute and DDP training.
+        timeout: seconds a collective may wait for a peer (distributed).
+        store_dir: band store folder (default ``out/bands``).
+        seed, quiet, device: run settings.
+        threads: torch threads (default: torch's, or 1 when the cores are already busy).
+        n_bands, order, k, d0, reduce, store_dtype, delta: band settings
+            (:func:`~ssr_engine.train.precompute.precompute_bands`).
+        dim, rank, residual, fusion, band_mask, mask_p, lambda_mask, consistency, align,
+            lambda_cl, tau, reg, loss: model settings
+            (:class:`~ssr_engine.train.stored_model.StoredSSR`).
+        epochs, batch_size, lr, n_neg, patience, eval_every, eval_users,
+            checkpoint_every: training settings (:class:`~ssr_engine.train.large.LargeConfig`).
+    """
+
+    out: Path = Path("runs/train_large")
+    data: Optional[Path] = None
+    synthetic: Tuple[int, int, int] = DEFAULT_SYNTHETIC
+    modalities: Optional[Sequence[str]] = None
+    approx: str = "chebyshev"
+    resume: bool = False
+    fresh: bool = False
+    distributed: bool = False
+    timeout: float = 300.0
+    store_dir: Optional[Path] = None
+    seed: int = 0
+    quiet: bool = False
+    device: str = "cpu"
+    threads: Optional[int] = None
+    n_bands: int = 4
+    order: Optional[int] = None
+    k: Optional[int] = None
+    d0: int = 32
+    reduce: str = "pca"
+    store_dtype: str = "float32"
+    delta: float = 0.01
+    dim: int = 64
+    rank: int = 16
+    residual: bool = True
+    fusion: str = "cp"
+    band_mask: bool = True
+    mask_p: float = 0.2
+    lambda_mask: float = 0.1
+    consistency: str = "representation"
+    align: bool = True
+    lambda_cl: float = 0.05
+    tau: float = 0.2
+    reg: float = 1e-4
+    loss: str = "bpr"
+    epochs: int = 5
+    batch_size: int = 8192
+    lr: float = 1e-3
+    n_neg: int = 1
+    patience: int = 20
+    eval_every: int = 1
+    eval_users: Optional[int] = 20000
+    checkpoint_every: int = 0
+
+
+class _Log:
+    """Phase lines on process 0 (``[phase] ... done in X s``), silent with ``quiet``."""
+
+    def __init__(self, quiet: bool, rank: int):
+        self.on = not quiet and rank == 0
+
+    def __call__(self, msg: str) -> None:
+        if self.on:
+            print(msg, flush=True)
+
+    @contextlib.contextmanager
+    def phase(self, name: str, what: str) -> Iterator[None]:
+        self(f"[{name}] {what} ...")
+        t0 = time.perf_counter()
+        yield
+        self(f"[{name}] done in {time.perf_counter() - t0:.1f} s")
+
+
+def _load(opts: LargeRun) -> Dataset:
+    if opts.data is not None:
+        return load_mmrec(opts.data, modalities=opts.modalities)
+    U, I, E = opts.synthetic
+    mods = SYNTHETIC_MODALITIES if opts.modalities is None else \
+        {m: SYNTHETIC_MODALITIES.get(m, 64) for m in opts.modalities}
+    return synthetic_dataset(U, I, E, modalities=mods, seed=opts.seed,
+                             name=f"synthetic-{U}x{I}x{E}")
+
+
+def _threads(requested: Optional[int]) -> int:
+    """Torch threads: as requested; else torch's default, or 1 on a machine whose cores
+    are already busy (its load average is at least the core count minus one half): then a
+    second OpenMP thread mostly waits for a core and every parallel op slows down."""
+    if requested:
+        return int(requested)
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] >= cores - 0.5 else torch.get_num_threads()
+
+
+def _atomic_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
+    """Run the large-scale pipeline; returns (and writes to ``out/metrics.json``) the report.
+
+    Args:
+        opts: the options.
+        dataset: the data, when already loaded (else loaded from ``opts``).
+
+    Raises:
+        ValueError: on bad options, a graph too large for ``approx`` (before any work), or
+            an existing checkpoint without ``resume``/``fresh``.
+        OSError: ``errno.ENOSPC`` when the band store does not fit (checkpoint untouched).
+        Interrupted: on SIGINT/SIGTERM after the checkpoint was saved.
+        RankFailure: when a peer process failed (distributed).
+    """
+    t_start = time.perf_counter()
+    torch.set_num_threads(_threads(opts.threads))
+    if opts.resume and opts.fresh:
+        raise ValueError("--resume and --fresh contradict each other; pick one")
+    joined = False
+    if opts.distributed and not dist.is_initialized():
+        init_distributed(timeout=opts.timeout)
+        joined = True
+    try:
+        return _run(opts, t_start, dataset)
+    finally:
+        if joined:
+            shutdown_distributed()
+
+
+def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
+    rank = dist.get_rank() if opts.distributed else 0
+    world = dist.get_world_size() if opts.distributed else 1
+    log = _Log(opts.quiet, rank)
+    log(f"[setup] {torch.get_num_threads()} torch threads (load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores), device {opts.device}"
+        + (f", {world} processes" if world > 1 else ""))
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not (opts.resume or opts.fresh):
+        raise ValueError(f"{out} already holds a checkpoint ({ckpt}); pass --resume to "
+                         "continue that run or --fresh to start over")
+    if opts.resume and not ckpt.exists():
+        raise ValueError(f"--resume: there is no checkpoint in {out} to continue")
+    if opts.fresh and ckpt.exists() and rank == 0:
+        ckpt.unlink()
+    if opts.distributed:
+        dist.barrier()
+    timings = {}
+
+    t0 = time.perf_counter()
+    what = str(opts.data) if opts.data is not None else \
+        "synthetic {} users x {} items x {} interactions".format(*opts.synthetic)
+    with log.phase("data", what):
+        ds = _load(opts) if dataset is None else dataset
+    timings["data"] = time.perf_counter() - t0
+    log(f"[data] {ds}")
+    n_train = int((ds.split == 0).sum())
+    widths = opts.d0 + sum(min(int(f.shape[1]), opts.d0) for f in ds.features.values())
+    est = check_feasible(opts.approx, ds.n_users, ds.n_items, n_train, widths, opts.n_bands,
+                         opts.order, opts.k)
+    log(f"[plan] {est}")
+
+    t0 = time.perf_counter()
+    with log.phase("graph", f"{n_train} training interactions"):
+        graph = ds.train_graph()
+    timings["graph"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    store_dir = Path(opts.store_dir) if opts.store_dir is not None else out / "bands"
+    with log.phase("bands", f"{est.approx} band features -> {store_dir}"):
+        try:
+            store, plan = precompute_bands(
+                graph, ds.features, store_dir, approx=opts.approx, n_bands=opts.n_bands,
+                order=opts.order, k=opts.k, d0=opts.d0, reduce=opts.reduce, seed=opts.seed,
+                delta=opts.delta, store_dtype=opts.store_dtype, distributed=opts.distributed,
+                quiet=opts.quiet)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                kept = f"the checkpoint {ckpt} is untouched" if ckpt.exists() else \
+                    "no checkpoint was written yet"
+                raise OSError(e.errno, f"{e.strerror}; {kept}") from e
+            raise
+    timings["bands"] = time.perf_counter() - t0
+    log(f"[bands] {plan.method}, order {plan.order}, edges "
+        + ", ".join(f"{x:.3f}" for x in plan.edges)
+        + ("" if plan.shares is None else "; shares " + ", ".join(f"{x:.2f}" for x in plan.shares)))
+    del graph
+    gc.collect()
+
+    model = StoredSSR(store, ds.user_item_matrix("train"), dim=opts.dim, rank=opts.rank,
+                      residual=opts.residual, fusion=opts.fusion, band_mask=opts.band_mask,
+                      mask_p=opts.mask_p, lambda_mask=opts.lambda_mask,
+                      consistency=opts.consistency, align=opts.align, lambda_cl=opts.lambda_cl,
+                      tau=opts.tau, reg=opts.reg, loss=opts.loss, seed=opts.seed).to(opts.device)
+    cfg = LargeConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+                      n_neg=opts.n_neg, patience=opts.patience, eval_every=opts.eval_every,
+                      eval_users=opts.eval_users, seed=opts.seed,
+                      checkpoint_every=opts.checkpoint_every, quiet=opts.quiet)
+    trainer = LargeTrainer(model, ds, cfg, checkpoint=ckpt, distributed=opts.distributed)
+    if trainer.epoch or trainer.step:
+        log(f"[train] resuming after epoch {trainer.epoch}, step {trainer.step}")
+    log(f"[train] {trainer.steps_per_epoch} steps of {cfg.batch_size} per epoch"
+        + (f" over {world} processes" if world > 1 else "")
+        + f"; evaluating {'all' if cfg.eval_users is None else cfg.eval_users} users")
+    res = trainer.fit()
+    report = {
+        "dataset": ds.name, "n_users": ds.n_users, "n_items": ds.n_items,
+        "n_train": n_train, "world_size": world, "seed": opts.seed,
+        "options": json.loads(json.dumps(asdict(opts), default=str)),
+        "estimate": str(est), "bands": plan.to_dict(), "best_epoch": res.best_epoch,
+        "epochs_run": res.epochs_run, "valid": res.valid, "test": res.test,
+        "test_cold": res.test_cold,
+        "test_standard_error": {k: float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else
+                                float("nan") for k, v in trainer.test_result.per_user.items()},
+        "timings": timings, "train_seconds": res.train_seconds,
+        "eval_seconds": res.eval_seconds,
+        "seconds_per_epoch": res.train_seconds / max(1, res.epochs_this_call),
+        "seconds_per_step": res.train_seconds / max(1, res.epochs_this_call
+                                                    * trainer.steps_per_epoch),
+        "wall_seconds": time.perf_counter() - t_start, "history": res.history,
+        "command": " ".join(sys.argv)}
+    if rank == 0:
+        _atomic_text(json.dumps(report, indent=1), out / "metrics.json")
+        keys = ("best_epoch", "valid", "test", "test_cold", "seconds_per_epoch",
+                "wall_seconds")
+        log(json.dumps({k: report[k] for k in keys}, indent=1))
+    return report

@@ -1,0 +1,581 @@
+"""Band features for training at scale, computed once and stored (DESIGN.md §3).
+
+Filters are linear and commute with a learnable projection, ``h_b(L)(X W) = (h_b(L) X) W``,
+so the band signals of every modality are computed once, written to a
+:class:`~ssr_engine.train.store.BandStore`, and a training step only reads rows of them:
+
+* **content modalities** — item features reduced to ``d0`` columns (PCA with a fixed sign
+  convention, or a fixed random projection), lifted to the graph (users: mean of their
+  training items, :meth:`~ssr_engine.InteractionGraph.node_signal`) and scaled to unit RMS;
+* **the ID modality** — a fixed random projection ``P [N, d0]`` of the one-hot node ids
+  (i.i.d. standard normal rows, generated block by block from the seed, so every process
+  can make any rows on its own), band-filtered like the content signals. The model projects
+  it with a learnable ``W`` (and adds a free per-node residual, see
+  :class:`~ssr_engine.train.stored_model.StoredSSR`).
+
+Band methods (``approx``): ``"chebyshev"`` — Jackson-damped Chebyshev filters whose edges
+balance the energy of a probe of the content signals, found from KPM moments of the same
+recurrence (no eigenvectors; ``K`` sparse products per column block; works row-partitioned
+across processes with the halo exchange of :class:`~ssr_engine.PartitionedOperator`);
+``"exact"`` and ``"eigen"`` — :class:`~ssr_engine.SpectralBands` with the full or a partial
+eigenbasis (one process). :func:`check_feasible` refuses, before any work, a graph too large
+for the chosen method, with the estimate and the alternative.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .. import ops
+from ..distributed import collective
+from ..graph import InteractionGraph
+from ..graph.partition import PartitionedOperator
+from ..spectral import SpectralBands, band_coefficients, band_edges, band_energies, kpm_atoms
+from ..spectral.bands import AUTO_EXACT_ENTRIES, AUTO_ORDERS
+from ..spectral.kpm import ATOM_MIN_MOMENTS
+from .store import BandStore, BandWriter, store_nbytes
+
+__all__ = ["APPROX", "BandPlan", "Estimate", "check_feasible", "estimate_cost",
+           "id_projection", "reduce_item_features", "precompute_bands", "resolve_approx"]
+
+APPROX = ("auto", "exact", "eigen", "chebyshev")
+#: rows per block of the ID projection (fixed: the projection must not depend on the layout).
+ID_BLOCK = 1 << 16
+#: the automatic Chebyshev order tries AUTO_ORDERS up to this.
+MAX_AUTO_ORDER = 64
+#: columns of the random probe whose KPM moments place the edges.
+PROBE_COLS = 16
+#: the largest smaller side of the bipartite block for "exact" (SpectralBands' default).
+EXACT_MAX = 8000
+# Rough machine rates for the estimates (a 2-core CPU; a GPU is far faster).
+_SPMM_NNZ_COLS_PER_S = 1.0e9
+_DENSE_FLOPS = 1.0e10
+
+
+def resolve_approx(approx: str, n_users: int, n_items: int) -> str:
+    """``"auto"`` -> ``"exact"`` on small graphs (as :class:`~ssr_engine.SpectralBands`), else
+    ``"chebyshev"``; other values are checked and returned."""
+    if approx not in APPROX:
+        raise ValueError(f"approx must be one of {APPROX}, got {approx!r}")
+    if approx != "auto":
+        return approx
+    small = n_users * n_items <= AUTO_EXACT_ENTRIES and min(n_users, n_items) <= EXACT_MAX
+    return "exact" if small else "chebyshev"
+
+
+@dataclass
+class Estimate:
+    """What precomputing the bands will take (rough; for refusing hopeless runs up front).
+
+    Attributes:
+        approx: the band method.
+        memory_bytes: peak working memory of the band computation.
+        seconds: time on a 2-core CPU (order of magnitude).
+        store_bytes: disk size of the band store.
+        detail: how the figures were obtained.
+    """
+
+    approx: str
+    memory_bytes: float
+    seconds: float
+    store_bytes: int
+    detail: str
+
+    def __str__(self) -> str:
+        return (f"--approx {self.approx}: ~{self.memory_bytes / 1e9:.3g} GB of memory, "
+                f"~{_duration(self.seconds)} on a 2-core CPU, {self.store_bytes / 1e9:.3g} GB "
+                f"band store ({self.detail})")
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.0f} days"
+
+
+def estimate_cost(approx: str, n_users: int, n_items: int, n_edges: int, widths: int,
+                  n_bands: int = 4, order: Optional[int] = None, k: Optional[int] = None,
+                  store_dtype: str = "float32") -> Estimate:
+    """Estimate memory and time of the band precompute.
+
+    Args:
+        approx: ``"exact"``, ``"eigen"`` or ``"chebyshev"`` (resolve ``"auto"`` first).
+        n_users, n_items, n_edges: graph size (training interactions).
+        widths: total feature columns over all modalities (ID included).
+        n_bands: ``M``.
+        order: Chebyshev order (default: the largest automatic one).
+        k: eigenpairs per end for ``"eigen"``.
+        store_dtype: storage dtype of the band store.
+
+    Returns:
+        An :class:`Estimate`.
+    """
+    N = n_users + n_items
+    store = store_nbytes(N, n_bands, {"all": widths}, store_dtype)
+    nnz = 2 * n_edges
+    if approx == "exact":
+        small, large = sorted((n_users, n_items))
+        mem = 8.0 * n_users * n_items * 3 + 8.0 * N * small
+        secs = 4.0 * small * small * large / _DENSE_FLOPS
+        return Estimate(approx, mem, secs, store,
+                        f"dense SVD of the {n_users}x{n_items} bipartite block")
+    if approx == "eigen":
+        k = k or 64
+        mem = 8.0 * N * 2 * k * 3 + 12.0 * nnz
+        secs = 200 * k * nnz / _SPMM_NNZ_COLS_PER_S
+        return Estimate(approx, mem, secs, store,
+                        f"{2 * k} eigenvectors of L by Lanczos on the smaller side")
+    K = order or MAX_AUTO_ORDER
+    chunk = 32
+    mem = 12.0 * nnz + 4.0 * N * chunk * (3 + n_bands) + 4.0 * N * widths
+    secs = K * nnz * (widths + PROBE_COLS) / _SPMM_NNZ_COLS_PER_S
+    return Estimate(approx, mem, secs, store,
+                    f"{K} sparse products with {widths + PROBE_COLS} columns")
+
+
+def _available_memory() -> float:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths: int,
+                   n_bands: int = 4, order: Optional[int] = None, k: Optional[int] = None,
+                   memory: Optional[float] = None, max_seconds: float = 86400.0) -> Estimate:
+    """Refuse, before any work, a graph too large for ``approx``; return the estimate.
+
+    Args:
+        approx: the band method (``"auto"`` is resolved first).
+        n_users, n_items, n_edges, widths, n_bands, order, k: see :func:`estimate_cost`.
+        memory: bytes available (default: ``MemAvailable`` of ``/proc/meminfo``).
+        max_seconds: longest acceptable precompute.
+
+    Returns:
+        The :class:`Estimate` of the accepted method.
+
+    Raises:
+        ValueError: naming the estimate (memory, time), what is available and the
+            alternative (``--approx chebyshev`` and its own estimate).
+
+    Example:
+        >>> check_feasible("chebyshev", 1000, 500, 20000, widths=96).approx
+        'chebyshev'
+    """
+    approx = resolve_approx(approx, n_users, n_items)
+    est = estimate_cost(approx, n_users, n_items, n_edges, widths, n_bands, order, k)
+    memory = _available_memory() if memory is None else float(memory)
+    reasons = []
+    if approx == "exact" and min(n_users, n_items) > EXACT_MAX:
+        reasons.append(f"its smaller side has {min(n_users, n_items)} nodes, above the "
+                       f"{EXACT_MAX} the exact method accepts")
+    if est.memory_bytes > memory:
+        reasons.append(f"{memory / 1e9:.3g} GB of memory is available")
+    if est.seconds > max_seconds:
+        reasons.append(f"that is more than the {_duration(max_seconds)} allowed")
+    if reasons:
+        alt = estimate_cost("chebyshev", n_users, n_items, n_edges, widths, n_bands, None)
+        raise ValueError(f"a graph of {n_users} users x {n_items} items ({n_edges} training "
+                         f"interactions) is too large for {est}: " + "; ".join(reasons)
+                         + f". Use instead {alt}")
+    return est
+
+
+# -- signals -----------------------------------------------------------------------------------
+def id_projection(lo: int, hi: int, d0: int, seed: int) -> torch.Tensor:
+    """Rows ``lo … hi-1`` of the fixed random ID projection ``P [N, d0]`` (float32).
+
+    Row ``v`` of ``P`` is the random projection of the one-hot vector of node ``v``: i.i.d.
+    standard normal, generated in blocks of ``ID_BLOCK`` rows from ``(seed, block)``, so the
+    same rows come out whichever process asks for them.
+
+    Example:
+        >>> bool((id_projection(3, 9, 4, 0) == id_projection(0, 20, 4, 0)[3:9]).all())
+        True
+    """
+    if not 0 <= lo <= hi:
+        raise ValueError(f"need 0 <= lo <= hi, got {lo}, {hi}")
+    out = []
+    for b in range(lo // ID_BLOCK, (hi - 1) // ID_BLOCK + 1 if hi > lo else lo // ID_BLOCK):
+        rng = np.random.default_rng([int(seed), 0x1D, b])
+        block = rng.standard_normal((ID_BLOCK, int(d0)), dtype=np.float32)
+        a, e = max(lo, b * ID_BLOCK) - b * ID_BLOCK, min(hi, (b + 1) * ID_BLOCK) - b * ID_BLOCK
+        out.append(block[a:e])
+    return torch.from_numpy(np.concatenate(out) if out else np.zeros((0, d0), np.float32))
+
+
+def reduce_item_features(features, d0: int, method: str = "pca", seed: int = 0) -> torch.Tensor:
+    """Reduce ``[n_items, d_m]`` features to ``[n_items, min(d_m, d0)]`` (float64).
+
+    ``"pca"``: centred SVD, each component's sign fixed so that its largest-magnitude
+    loading is positive (the result does not depend on the LAPACK build or thread count).
+    ``"random"``: a fixed Gaussian projection ``[d_m, d0] / sqrt(d0)`` drawn from ``seed``.
+    Features with at most ``d0`` columns are returned unchanged.
+
+    Example:
+        >>> import torch
+        >>> reduce_item_features(torch.randn(50, 10), 4).shape
+        torch.Size([50, 4])
+    """
+    x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor)
+                        else features).to(torch.float64)
+    if x.dim() != 2:
+        raise ValueError(f"features must be [n_items, d], got {tuple(x.shape)}")
+    if method not in ("pca", "random"):
+        raise ValueError(f"reduce must be 'pca' or 'random', got {method!r}")
+    if x.shape[1] <= d0:
+        return x
+    if method == "random":
+        g = np.random.default_rng([int(seed), 0xF0]).standard_normal((x.shape[1], d0))
+        return x @ torch.from_numpy(g / math.sqrt(d0))
+    xc = x - x.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(xc, full_matrices=False)
+    comp = vh[:d0]
+    sign = torch.sign(comp.gather(1, comp.abs().argmax(1, keepdim=True)))
+    return xc @ (comp * sign).T
+
+
+def _node_rows(graph: InteractionGraph, items: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows ``lo … hi-1`` of ``graph.node_signal(items)`` (users: mean of their items)."""
+    n_u = graph.n_users
+    parts = []
+    if lo < n_u:
+        R = graph.interaction_matrix()[lo:min(hi, n_u)]
+        deg = np.asarray(R.sum(axis=1)).ravel()
+        R = sp.diags(np.where(deg > 0, 1.0 / np.maximum(deg, 1e-300), 0.0)) @ R
+        parts.append(torch.from_numpy(np.asarray(R @ items.numpy())))
+    if hi > n_u:
+        parts.append(items[max(lo, n_u) - n_u:hi - n_u])
+    return torch.cat(parts).to(torch.float64)
+
+
+class _Rows:
+    """The rows ``lo … hi-1`` this process works on, and sums over all processes."""
+
+    def __init__(self, lo: int, hi: int, op: Optional[PartitionedOperator] = None):
+        self.lo, self.hi, self.op = lo, hi, op
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.op is None else self.op.global_sum(t)
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(self.sum(torch.dot(a.reshape(-1).double(), b.reshape(-1).double())))
+
+
+def _unit_rms(x: torch.Tensor, rows: _Rows, n_nodes: int) -> torch.Tensor:
+    ms = float(rows.sum(x.pow(2).sum())) / (n_nodes * x.shape[1])
+    return x / max(math.sqrt(ms), 1e-12)
+
+
+# -- the band plan -----------------------------------------------------------------------------
+@dataclass
+class BandPlan:
+    """How the bands were computed (stored in the band store's ``meta.json``).
+
+    Attributes:
+        method: ``"chebyshev"``, ``"exact"`` or ``"eigen"``.
+        n_bands: ``M``.
+        edges: ``[M + 1]`` band edges in ``λ``.
+        order: Chebyshev order ``K`` (``"chebyshev"``).
+        coeffs: ``[M, K]`` damped coefficients applied (``"chebyshev"``).
+        shares: each band's share of the probe's energy.
+        atoms: ``[(λ, fraction)]`` point masses of the probe's energy.
+        delta: spectral padding of ``L̃``.
+    """
+
+    method: str
+    n_bands: int
+    edges: List[float]
+    order: Optional[int] = None
+    coeffs: Optional[List[List[float]]] = None
+    shares: Optional[List[float]] = None
+    atoms: List[Tuple[float, float]] = field(default_factory=list)
+    delta: float = 0.01
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+
+def chebyshev_plan(moments: np.ndarray, n_bands: int, orders, delta: float) -> BandPlan:
+    """Edges and damped coefficients from KPM moments, as ``SpectralBands(method="chebyshev")``.
+
+    For each order ``K`` in ``orders`` (ascending; the moments must hold at least
+    ``2 max(orders)`` values, and the first ``2K`` of them are the moments at order ``K``)
+    the edges balance the energy of the damped filters; the first order at which every band
+    holds at least ``1/(2M)`` of the energy is kept (else the most balanced one).
+    """
+    best = None
+    M = int(n_bands)
+    for K in orders:
+        mom = moments[:2 * K]
+        t_edges = band_edges(mom, M, order=K)
+        coeffs = band_coefficients(t_edges, K)
+        E = np.asarray(band_energies(mom, coeffs), dtype=np.float64)
+        shares = E / E.sum()
+        if best is None or shares.min() > best[3].min():
+            best = (K, t_edges, coeffs, shares, mom)
+        if shares.min() >= 0.5 / M:
+            break
+    K, t_edges, coeffs, shares, mom = best
+    lam = lambda t: min(2.0, max(0.0, 1.0 + (1.0 + delta) * float(t)))
+    edges = [lam(t) for t in t_edges]
+    edges[0], edges[-1] = 0.0, 2.0
+    atoms = kpm_atoms(mom) if mom.size >= ATOM_MIN_MOMENTS else []
+    return BandPlan("chebyshev", M, edges, K, np.asarray(coeffs).tolist(),
+                    [float(s) for s in shares], [(lam(a.t), float(a.fraction)) for a in atoms],
+                    delta)
+
+
+def _moments(op, x: torch.Tensor, K: int, rows: _Rows, tick: Callable[[], None]) -> np.ndarray:
+    """``μ_k = ⟨x, T_k(op) x⟩`` for ``k < 2K`` from ``K`` products (doubling identities);
+    ``op`` may be row-partitioned (inner products summed over the processes)."""
+    prev, cur = x, op @ x
+    tick()
+    mu = [rows.dot(prev, prev), rows.dot(prev, cur)]
+    for _ in range(1, K):
+        nxt = (op @ cur).mul_(2.0).sub_(prev)
+        tick()
+        mu += [2.0 * rows.dot(cur, cur) - mu[0], 2.0 * rows.dot(nxt, cur) - mu[1]]
+        prev, cur = cur, nxt
+    return np.asarray(mu, dtype=np.float64)
+
+
+class _Ticking:
+    """``op @ x`` that advances a progress bar (for the row-partitioned recurrence)."""
+
+    def __init__(self, op, bar):
+        self.op, self.bar = op, bar
+
+    def __matmul__(self, x):
+        y = self.op @ x
+        self.bar.update(1)
+        return y
+
+
+def _store_key(graph: InteractionGraph, features: Mapping[str, np.ndarray], approx: str,
+               n_bands: int, order, k, d0: int, reduce: str, seed: int, delta: float,
+               dtype: str, compute_dtype: torch.dtype) -> Dict:
+    R = graph.interaction_matrix()
+    crc = zlib.crc32(R.indptr.astype(np.int64).tobytes())
+    crc = zlib.crc32(R.indices.astype(np.int64).tobytes(), crc)
+    feats = {name: [list(np.shape(f)), zlib.crc32(np.ascontiguousarray(f, np.float32).tobytes())]
+             for name, f in features.items()}
+    return {"graph": [graph.n_users, graph.n_items, int(R.nnz), crc], "features": feats,
+            "approx": approx, "n_bands": n_bands, "order": order, "k": k, "d0": d0,
+            "reduce": reduce, "seed": seed, "delta": delta, "dtype": dtype,
+            "compute_dtype": str(compute_dtype).split(".")[-1]}
+
+
+def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray],
+                     root: Union[str, Path], *, approx: str = "chebyshev", n_bands: int = 4,
+                     order: Optional[int] = None, k: Optional[int] = None, d0: int = 64,
+                     reduce: str = "pca", seed: int = 0, delta: float = 0.01,
+                     store_dtype: str = "float32", compute_dtype: torch.dtype = torch.float32,
+                     distributed: bool = False, quiet: bool = False,
+                     chunk_bytes: int = 1 << 30) -> Tuple[BandStore, BandPlan]:
+    """Compute the band features of every modality once and store them (or reuse the store).
+
+    All modalities share one set of band edges, balanced on a random probe of the content
+    signals (a white probe when there are none), so band ``b`` is the same frequency range
+    in every modality. The ID modality is stored as ``"id"``, first.
+
+    Args:
+        graph: the training interaction graph.
+        features: modality name -> ``[n_items, d_m]`` item features (may be empty).
+        root: the band store folder. A complete store computed from the same inputs is
+            reused without recomputing.
+        approx: ``"auto"``, ``"exact"``, ``"eigen"`` or ``"chebyshev"``.
+        n_bands: ``M``.
+        order: Chebyshev order ``K`` (default: automatic up to ``MAX_AUTO_ORDER``).
+        k: eigenpairs per end for ``"eigen"``.
+        d0: width of the reduced features and of the ID projection.
+        reduce: ``"pca"`` or ``"random"`` feature reduction.
+        seed: seed of the ID projection, the probe and the random reduction.
+        delta: spectral padding of ``L̃`` (``"chebyshev"``).
+        store_dtype: ``"float32"`` or ``"float16"`` storage.
+        compute_dtype: dtype of the filtering (float32 default, float64 on request).
+        distributed: partition the rows over the default process group (``"chebyshev"``
+            only): each process computes and writes its rows, the recurrence exchanges
+            halos; every process must call this with the same arguments.
+        quiet: no progress bars.
+        chunk_bytes: bound on the ``[M, N, c]`` band block computed at once (columns are
+            processed in chunks that fit it).
+
+    Returns:
+        ``(store, plan)``.
+
+    Raises:
+        ValueError: on bad arguments, or ``distributed`` with a method other than
+            ``"chebyshev"``.
+        OSError: ``errno.ENOSPC`` when the store does not fit on the disk (before writing).
+
+    Example:
+        >>> import tempfile
+        >>> from ssr_engine.data import synthetic_dataset
+        >>> ds = synthetic_dataset(200, 100, 2000, modalities={"text": 8}, seed=0)
+        >>> store, plan = precompute_bands(ds.train_graph(), ds.features, tempfile.mkdtemp(),
+        ...                                n_bands=3, order=16, d0=8, quiet=True)
+        >>> store.modalities, store.rows([0, 1])["text"].shape
+        (['id', 'text'], torch.Size([2, 3, 8]))
+    """
+    approx = resolve_approx(approx, graph.n_users, graph.n_items)
+    if n_bands < 1 or d0 < 1:
+        raise ValueError(f"n_bands and d0 must be >= 1, got {n_bands}, {d0}")
+    if order is not None and order < 2:
+        raise ValueError(f"order must be >= 2, got {order}")
+    if distributed and approx != "chebyshev":
+        raise ValueError(f"the distributed band precompute supports approx='chebyshev' only, "
+                         f"got {approx!r} (exact and eigen bases need the whole graph in one "
+                         "process)")
+    if "id" in features:
+        raise ValueError("'id' names the ID modality; rename the content modality 'id'")
+    key = _store_key(graph, features, approx, n_bands, order, k, d0, reduce, seed, delta,
+                     store_dtype, compute_dtype)
+    root = Path(root)
+    rank = dist.get_rank() if distributed else 0
+    N = graph.n_nodes
+    op = None
+    if distributed:
+        op = PartitionedOperator.from_graph(graph, "scaled_laplacian", delta, dtype=compute_dtype)
+        rows = _Rows(op.row_start, op.row_stop, op)
+    else:
+        rows = _Rows(0, N)
+    # Reuse a complete store from the same inputs (rank 0 decides for everyone).
+    found = [BandStore.open_if_valid(root, key) is not None if rank == 0 else None]
+    if distributed:
+        with collective("band store check"):
+            dist.broadcast_object_list(found, src=0)
+    if found[0]:
+        store = BandStore.open(root, key)
+        return store, BandPlan(**store.meta["info"]["plan"])
+
+    show = not quiet and rank == 0
+    reduced = {name: reduce_item_features(f, d0, reduce, seed) for name, f in features.items()}
+    dims = {"id": d0, **{name: int(x.shape[1]) for name, x in reduced.items()}}
+
+    def signal(name: str) -> torch.Tensor:
+        if name == "id":
+            return id_projection(rows.lo, rows.hi, d0, seed).to(compute_dtype)
+        x = _node_rows(graph, reduced[name], rows.lo, rows.hi)
+        return _unit_rms(x, rows, N).to(compute_dtype)
+
+    # 1. the band plan.
+    if approx == "chebyshev":
+        L = op if distributed else graph.scaled_laplacian(delta, dtype=compute_dtype)
+        orders = (order,) if order is not None else tuple(o for o in AUTO_ORDERS
+                                                          if o <= MAX_AUTO_ORDER)
+        probe = _probe(graph, reduced, rows, signal, seed, compute_dtype)
+        with tqdm(total=max(orders), desc="KPM moments", unit="product", disable=not show,
+                  dynamic_ncols=True) as bar:
+            mom = _moments(L, probe, max(orders), rows, lambda: bar.update(1))
+        plan = chebyshev_plan(mom, n_bands, orders, delta)
+        sb = None
+    else:
+        sb = SpectralBands(graph, n_bands=n_bands, method=approx, k=k, dtype=torch.float64)
+        full = torch.cat([signal(n) for n in reduced], dim=1) if reduced else \
+            id_projection(0, N, PROBE_COLS, seed).double()
+        if show:
+            print(f"[bands] {approx} eigenbasis and edges ...", flush=True)
+        sb.fit(full)
+        del full
+        plan = BandPlan(approx, n_bands, [float(e) for e in sb.edges], None, None,
+                        [float(s) for s in sb.shares_],
+                        [(float(a.lam), float(a.fraction)) for a in sb.atoms_])
+
+    # 2. the store: rank 0 creates (space check + reservation), the others attach.
+    err = [None]
+    writer = None
+    if rank == 0:
+        try:
+            writer = BandWriter.create(root, N, n_bands, dims, key, store_dtype)
+        except OSError as e:
+            err = [e]
+    if distributed:
+        with collective("band store creation"):
+            dist.broadcast_object_list(err, src=0)
+    if err[0] is not None:
+        raise err[0]
+    if writer is None:
+        writer = BandWriter.attach(root)
+
+    # 3. band signals, column chunks at a time.
+    n_rows = rows.hi - rows.lo
+    cols = max(1, int(chunk_bytes // (4 * n_bands * max(1, n_rows))))
+    chunks = []
+    for name, d in dims.items():
+        width = -(-d // -(-d // cols))                  # even split into ceil(d / cols) parts
+        chunks += [(name, lo, min(lo + width, d)) for lo in range(0, d, width)]
+    K = plan.order or 1
+    with tqdm(total=len(chunks) * (K - 1 if approx == "chebyshev" else 1),
+              desc="band features", unit="product" if approx == "chebyshev" else "block",
+              disable=not show, dynamic_ncols=True) as bar:
+        for name in dims:
+            x = signal(name)
+            for _, lo, hi in [c for c in chunks if c[0] == name]:
+                xc = x[:, lo:hi].contiguous()
+                if approx == "chebyshev":
+                    coeffs = torch.tensor(plan.coeffs, dtype=torch.float64)
+                    if distributed:
+                        bands = ops.chebyshev_bands(_Ticking(op, bar), xc, coeffs)
+                    else:
+                        bands = ops.chebyshev_bands(L, xc, coeffs)
+                        bar.update(K - 1)
+                else:
+                    bands = sb.transform(xc.double()).float()
+                    bar.update(1)
+                writer.write(name, bands, rows.lo, slice(lo, hi))
+                del bands
+            del x
+    writer.flush()
+    if distributed:
+        with collective("band store barrier"):
+            dist.barrier()
+    info = {"plan": plan.to_dict()}
+    if rank == 0:
+        store = writer.commit(info)
+    if distributed:
+        with collective("band store commit"):
+            dist.barrier()
+        store = BandStore.open(root, key)
+    return store, plan
+
+
+def _probe(graph: InteractionGraph, reduced: Mapping[str, torch.Tensor], rows: _Rows,
+           signal: Callable[[str], torch.Tensor], seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[n_rows, PROBE_COLS]`` random mixture of the centred content signals.
+
+    With ``G`` Gaussian ``[Σ d_m, c] / sqrt(c)``, ``E[G Gᵀ] = I``, so the moments of ``X G``
+    estimate those of ``X`` from ``c`` columns. Without content: a white probe.
+    """
+    if not reduced:
+        x = id_projection(rows.lo, rows.hi, PROBE_COLS, seed + 1).double()
+    else:
+        width = sum(int(r.shape[1]) for r in reduced.values())
+        g = torch.from_numpy(np.random.default_rng([int(seed), 0x9B]).standard_normal(
+            (width, PROBE_COLS)) / math.sqrt(PROBE_COLS))
+        x, at = 0.0, 0
+        for name, r in reduced.items():               # one modality in memory at a time
+            x = x + signal(name).double() @ g[at:at + r.shape[1]]
+            at += int(r.shape[1])
+    v = torch.from_numpy(np.sqrt(graph.degrees[rows.lo:rows.hi]))
+    vnorm2 = float(rows.sum(v.pow(2).sum()))
+    v = v / math.sqrt(vnorm2)
+    coef = rows.sum(v @ x.double())                  # [c]: the trivial component
+    return (x - torch.outer(v, coef)).to(dtype)

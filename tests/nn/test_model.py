@@ -1,0 +1,127 @@
+"""SSRModel: shapes, losses, masking at eval, recommend, batched = per-item, bad inputs."""
+import numpy as np
+import pytest
+import torch
+
+import ssr_engine
+from ssr_engine.data import synthetic_dataset
+from tolerances import tol
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return synthetic_dataset(60, 40, 500, modalities={"text": 12, "image": 6}, seed=0)
+
+
+def _model(ds, features="all", **kw):
+    torch.manual_seed(0)
+    feats = ds.features if features == "all" else features
+    kw.setdefault("dim", 8)
+    kw.setdefault("rank", 4)
+    return ssr_engine.SSRModel(ds.train_graph(), feats, n_bands=kw.pop("n_bands", 3), **kw)
+
+
+def _batch(ds, B=16, n_neg=2, seed=0):
+    rng = np.random.default_rng(seed)
+    u, i = ds.interactions("train")
+    pick = rng.choice(u.size, B, replace=False)
+    return (torch.from_numpy(u[pick]), torch.from_numpy(i[pick]),
+            torch.from_numpy(rng.integers(0, ds.n_items, (B, n_neg))))
+
+
+def test_slots_and_embeddings_shapes(ds):
+    m = _model(ds)
+    assert m.modalities == ["id", "text", "image"]
+    assert m.slots(torch.tensor([0, 5, 70])).shape == (3, 3, 3, 8)
+    u, i = m.node_embeddings()
+    assert u.shape == (ds.n_users, 8) and i.shape == (ds.n_items, 8)
+
+
+def test_losses_and_gradients_reach_every_parameter(ds):
+    m = _model(ds)
+    out = m.loss(*_batch(ds))
+    assert set(out) == {"loss", "rec", "mask", "align", "reg"}
+    out["loss"].backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_mask_off_at_eval_and_consistency_zero_without_mask(ds):
+    m = _model(ds, mask_p=0.5)
+    m.eval()
+    a = m.node_embeddings()[1]
+    b = m.node_embeddings()[1]
+    assert torch.equal(a, b)
+    assert m.loss(*_batch(ds))["mask"].item() == 0.0
+    m.train()
+    torch.manual_seed(3)
+    vals = [m.loss(*_batch(ds))["mask"].item() for _ in range(6)]
+    assert max(vals) > 0.0
+    off = _model(ds, band_mask=False)
+    assert off.loss(*_batch(ds))["mask"].item() == 0.0
+
+
+def test_batched_equals_per_item_and_score_is_dot(ds):
+    m = _model(ds).eval()
+    users = torch.tensor([0, 3, 3, 59])
+    items = torch.tensor([1, 0, 39, 7])
+    s = m.score(users, items)
+    single = torch.stack([m.score(users[j:j + 1], items[j:j + 1])[0] for j in range(4)])
+    assert torch.allclose(s, single, rtol=tol(torch.float32), atol=tol(torch.float32))
+    u, i = m.node_embeddings()
+    assert torch.allclose(s, (u[users] * i[items]).sum(-1), atol=tol(torch.float32))
+    full = m.scorer()(users)
+    assert torch.allclose(full[torch.arange(4), items], s, atol=tol(torch.float32))
+
+
+def test_recommend_excludes_seen(ds):
+    m = _model(ds)
+    users = torch.arange(ds.n_users)
+    _, items = m.recommend(users, k=5)
+    seen = ds.user_item_matrix("train").toarray() > 0
+    assert not any(seen[u, items[u].numpy()].any() for u in range(ds.n_users))
+
+
+@pytest.mark.parametrize("kw", [dict(features={}), dict(fusion="sum"), dict(fusion="cp"), dict(fusion="cp+sum"),
+                                dict(band_edges="uniform"), dict(align=False),
+                                dict(consistency="prediction", loss="bce"),
+                                dict(n_bands=1), dict(n_bands=6)])
+def test_options_train(ds, kw):
+    feats = kw.pop("features", "all")
+    m = _model(ds, features=feats, **kw)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    batch = _batch(ds, B=64, n_neg=1)
+    first = None
+    for _ in range(15):
+        out = m.loss(*batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = out["rec"].item() if first is None else first
+    assert m.loss(*batch)["rec"].item() < first
+
+
+def test_alignment_needs_two_content_modalities(ds):
+    m = _model(ds, features=None)
+    assert m.modalities == ["id"] and m.align is None
+    assert m.loss(*_batch(ds))["align"].item() == 0.0
+    one = _model(ds, features={"text": ds.features["text"]})
+    assert one.align is None
+    assert _model(ds).loss(*_batch(ds))["align"].item() > 0.0
+
+
+def test_bad_inputs(ds):
+    g = ds.train_graph()
+    with pytest.raises(ValueError, match="one row per item"):
+        ssr_engine.SSRModel(g, {"text": np.ones((ds.n_items + 1, 4))})
+    bad = ds.features["text"].copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN/inf in 1 rows, e.g. item 3"):
+        ssr_engine.SSRModel(g, {"text": bad})
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        ssr_engine.SSRModel(g, None, fusion="concat")
+    m = _model(ds, features=None)
+    with pytest.raises(ValueError, match="item ids must lie in"):
+        m.loss(torch.tensor([0]), torch.tensor([ds.n_items]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="user ids must lie in"):
+        m.recommend(torch.tensor([ds.n_users]), k=3)

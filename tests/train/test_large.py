@@ -1,0 +1,228 @@
+"""LargeTrainer and the pipeline: learning, exact resume (in process, after a signal, after
+SIGKILL), sampled evaluation, two-process DDP training and a dying rank."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ssr_engine.data import synthetic_dataset
+from ssr_engine.distributed import run_local
+from ssr_engine.train import load_checkpoint
+from ssr_engine.train.large import Interrupted, LargeConfig, LargeTrainer
+from ssr_engine.train.pipeline import LargeRun, run_large
+from ssr_engine.train.precompute import precompute_bands
+from ssr_engine.train.store import BandStore
+from ssr_engine.train.stored_model import StoredSSR
+
+JOIN_S = 120.0
+SIZE = (400, 200, 6000)
+
+
+def _ds():
+    return synthetic_dataset(*SIZE, modalities={"image": 12, "text": 6}, seed=1)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return _ds()
+
+
+@pytest.fixture(scope="module")
+def store_dir(ds, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bands")
+    precompute_bands(ds.train_graph(), ds.features, root, n_bands=3, order=16, d0=8, quiet=True)
+    return root
+
+
+def _cfg(**kw):
+    base = dict(epochs=3, batch_size=256, lr=5e-3, eval_users=150, seed=4, quiet=True)
+    base.update(kw)
+    return LargeConfig(**base)
+
+
+def _trainer(ds, store_dir, checkpoint=None, distributed=False, **kw):
+    model = StoredSSR(BandStore.open(store_dir), ds.user_item_matrix("train"), dim=16, rank=4,
+                      seed=2)
+    return LargeTrainer(model, ds, _cfg(**kw), checkpoint=checkpoint, distributed=distributed)
+
+
+def _same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_learns_and_reports(ds, store_dir):
+    tr = _trainer(ds, store_dir, epochs=4)
+    res = tr.fit()
+    losses = [h["loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+    assert res.epochs_run == 4 and 1 <= res.best_epoch <= 4
+    assert res.valid["recall@20"] == max(h["recall@20"] for h in res.history)
+    assert 0 < res.test["n_users"] <= 150 and 0.0 <= res.test["recall@20"] <= 1.0
+    assert res.test_cold["n_users"] <= res.test["n_users"]
+
+
+def test_eval_users_sample(ds, store_dir):
+    tr = _trainer(ds, store_dir, eval_users=40)
+    r = tr.evaluate("valid")
+    assert r.users.size <= 40 and np.all(np.diff(r.users) > 0)
+    assert np.array_equal(r.users, _trainer(ds, store_dir, eval_users=40).evaluate("valid").users)
+    everyone = _trainer(ds, store_dir, eval_users=None).evaluate("valid")
+    assert everyone.users.size == int((np.diff(tr.valid_m.indptr) > 0).sum())
+
+
+def test_resume_between_epochs_is_exact(ds, store_dir, tmp_path):
+    straight = _trainer(ds, store_dir, tmp_path / "a.pt")
+    res_a = straight.fit()
+    _trainer(ds, store_dir, tmp_path / "b.pt", epochs=1).fit()
+    torch.manual_seed(123)                                  # disturb the global RNGs
+    np.random.seed(5)
+    resumed = _trainer(ds, store_dir, tmp_path / "b.pt")
+    assert resumed.epoch == 1
+    res_b = resumed.fit()
+    assert res_a.history == res_b.history and res_a.test == res_b.test
+    _same_state(straight.model.state_dict(), resumed.model.state_dict())
+
+
+def test_signal_mid_epoch_saves_and_resumes_exactly(ds, store_dir, tmp_path):
+    ref = _trainer(ds, store_dir, tmp_path / "ref.pt", epochs=2)
+    res_ref = ref.fit()
+    tr = _trainer(ds, store_dir, tmp_path / "sig.pt", epochs=2)
+    net, calls = tr.net, {"n": 0}
+
+    def net_that_gets_signalled(*args):
+        calls["n"] += 1
+        if calls["n"] == tr.steps_per_epoch + 3:                # step 3 of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return net(*args)
+
+    tr.net = net_that_gets_signalled
+    with pytest.raises(Interrupted, match="SIGINT after 1 epochs and 3 steps") as info:
+        tr.fit()
+    assert info.value.epoch == 1 and info.value.step == 3
+    saved = torch.load(tmp_path / "sig.pt", weights_only=False)
+    assert (saved["epoch"], saved["step"]) == (1, 3)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+    resumed = _trainer(ds, store_dir, tmp_path / "sig.pt", epochs=2)
+    assert (resumed.epoch, resumed.step) == (1, 3)
+    res = resumed.fit()
+    assert res.history == res_ref.history and res.test == res_ref.test
+    _same_state(ref.model.state_dict(), resumed.model.state_dict())
+
+
+def test_checkpoint_of_other_run_is_refused(ds, store_dir, tmp_path):
+    _trainer(ds, store_dir, tmp_path / "c.pt", epochs=1).fit()
+    with pytest.raises(ValueError, match=r"batch_size: saved 256 vs now 128"):
+        _trainer(ds, store_dir, tmp_path / "c.pt", batch_size=128)
+
+
+# -- the pipeline in a subprocess, killed with SIGKILL -----------------------------------------
+def _pipeline_cmd(out: Path, *flags: str):
+    code = ("import sys; from pathlib import Path; from ssr_engine.train.pipeline import "
+            "LargeRun, run_large; run_large(LargeRun(out=Path(sys.argv[1]), synthetic=(800, "
+            "400, 12000), epochs=3, batch_size=128, lr=5e-3, eval_users=200, d0=8, dim=16, "
+            "rank=4, order=16, n_bands=3, quiet=True, threads=1, resume='--resume' in sys.argv, "
+            "fresh='--fresh' in sys.argv))")
+    return [sys.executable, "-c", code, str(out), *flags]
+
+
+def test_sigkill_mid_epoch_then_resume_matches(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    straight = tmp_path / "straight"
+    subprocess.run(_pipeline_cmd(straight), check=True, env=env, timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_pipeline_cmd(killed), env=env)
+    ckpt = killed / "checkpoint.pt"
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), "no checkpoint appeared before the run ended"
+    time.sleep(0.3)                                              # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists()
+    done = load_checkpoint(ckpt, torch.load(ckpt, weights_only=False)["config"])
+    assert done["step"] == 0 and done["epoch"] >= 1            # an epoch-boundary checkpoint
+    subprocess.run(_pipeline_cmd(killed, "--resume"), check=True, env=env, timeout=300)
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    for key in ("valid", "test", "test_cold", "history", "best_epoch"):
+        assert a[key] == b[key], key
+
+
+def test_pipeline_guards(tmp_path):
+    opts = dict(synthetic=(300, 150, 4000), epochs=1, batch_size=256, eval_users=100, d0=4,
+                dim=8, rank=2, order=16, n_bands=2, quiet=True)
+    run_large(LargeRun(out=tmp_path, **opts))
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        run_large(LargeRun(out=tmp_path, **opts))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run_large(LargeRun(out=tmp_path / "new", resume=True, **opts))
+    with pytest.raises(ValueError, match="too large for --approx exact"):
+        run_large(LargeRun(out=tmp_path / "big", **dict(opts, synthetic=(20_000, 10_000, 100_000)),
+                           approx="exact"))
+
+
+def test_pipeline_full_disk_keeps_checkpoint(tmp_path, monkeypatch):
+    from ssr_engine.train import store as store_mod
+    opts = dict(synthetic=(300, 150, 4000), epochs=1, batch_size=256, eval_users=100, d0=4,
+                dim=8, rank=2, order=16, n_bands=2, quiet=True)
+    run_large(LargeRun(out=tmp_path, **opts))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(store_mod.shutil, "disk_usage",
+                        lambda p: type("U", (), {"total": 1 << 30, "used": 1 << 30, "free": 0})())
+    with pytest.raises(OSError, match="checkpoint .* is untouched") as info:
+        run_large(LargeRun(out=tmp_path, resume=True, **dict(opts, d0=6)))   # new store needed
+    assert info.value.errno == 28
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+# -- two processes ---------------------------------------------------------------------------
+def _ddp_worker(rank: int, root: str, epochs: int, die_at: int):
+    ds = _ds()
+    store, _ = precompute_bands(ds.train_graph(), ds.features, root, n_bands=3, order=16, d0=8,
+                                distributed=True, quiet=True)
+    model = StoredSSR(store, ds.user_item_matrix("train"), dim=16, rank=4, seed=2)
+    tr = LargeTrainer(model, ds, _cfg(epochs=epochs), distributed=True)
+    if die_at:
+        net = tr.net
+
+        def dying(*args):
+            if rank == 1 and tr.step == die_at:
+                os._exit(3)
+            return net(*args)
+        tr.net = dying
+    res = tr.fit()
+    return res.valid, res.test, res.history
+
+
+def test_two_process_training_matches_one(ds, store_dir, tmp_path):
+    results = run_local(_ddp_worker, 2, args=(str(tmp_path / "dist"), 3, 0), join_timeout=JOIN_S)
+    (v0, t0, h0), (v1, t1, h1) = results
+    assert v0 == v1 and t0 == t1 and h0 == h1                 # every rank reports the same
+    single = _trainer(ds, store_dir, epochs=3).fit()
+    # Same global batches, averaged gradients: the runs agree up to rounding and the
+    # per-process alignment subsets.
+    for a, b in zip(h0, single.history):
+        assert abs(a["loss"] - b["loss"]) <= 0.02 * b["loss"]
+    assert abs(t0["recall@20"] - single.test["recall@20"]) <= 0.05
+
+
+def test_dead_rank_makes_the_other_fail(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as info:
+        run_local(_ddp_worker, 2, args=(str(tmp_path / "dist"), 2, 3), timeout=30.0,
+                  join_timeout=JOIN_S)
+    msg = str(info.value)
+    assert "rank 1 exited with code 3" in msg
+    assert "RankFailure: rank 0 of 2: training step 3 of epoch 1 failed" in msg
+    assert time.monotonic() - t0 < JOIN_S

@@ -1,0 +1,188 @@
+"""Band precompute: signals, the band plan, stored bands vs references, reuse, refusal,
+and the row-partitioned (2-process) precompute against the single-process one."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from tolerances import tol
+
+import ssr_engine
+from ssr_engine import ops
+from ssr_engine.data import synthetic_dataset
+from ssr_engine.distributed import run_local
+from ssr_engine.train import precompute as pre
+from ssr_engine.train.precompute import (check_feasible, chebyshev_plan, id_projection,
+                                         precompute_bands, reduce_item_features)
+
+JOIN_S = 90.0
+
+
+def _ds():
+    return synthetic_dataset(300, 200, 3000, modalities={"image": 12, "text": 6}, seed=3)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return _ds()
+
+
+def _rel(a, b):
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    return float((a - b).norm() / b.norm())
+
+
+def test_id_projection_is_layout_free():
+    d0 = 3
+    full = id_projection(0, 2 * pre.ID_BLOCK + 5, d0, seed=4)
+    assert full.shape == (2 * pre.ID_BLOCK + 5, d0) and full.dtype == torch.float32
+    lo, hi = pre.ID_BLOCK - 2, pre.ID_BLOCK + 7        # across a block boundary
+    assert torch.equal(id_projection(lo, hi, d0, seed=4), full[lo:hi])
+    assert id_projection(5, 5, d0, 4).shape == (0, d0)
+    assert abs(float(full.std()) - 1.0) < 0.01
+    assert not torch.equal(id_projection(0, 10, d0, 5), full[:10])
+
+
+def test_reduce_item_features():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((80, 10)) @ rng.standard_normal((10, 10))
+    p = reduce_item_features(x, 4)
+    # PCA: orthogonal components, variance ordered, sign convention independent of input sign.
+    gram = p.T @ p
+    off = gram - torch.diag(torch.diag(gram))
+    assert float(off.abs().max()) <= tol(torch.float64, "close") * float(gram.abs().max())
+    assert bool((torch.diff(torch.diag(gram)) <= 0).all())
+    torch.testing.assert_close(reduce_item_features(-x, 4), -p)
+    assert torch.equal(reduce_item_features(x[:, :3], 4), torch.from_numpy(x[:, :3]))
+    r = reduce_item_features(x, 4, "random", seed=1)
+    assert r.shape == (80, 4) and torch.equal(r, reduce_item_features(x, 4, "random", seed=1))
+    with pytest.raises(ValueError, match="reduce"):
+        reduce_item_features(x, 4, "svd")
+
+
+def test_moments_match_ops(ds):
+    g = ds.train_graph()
+    op = g.scaled_laplacian(0.01, dtype=torch.float64)
+    x = torch.randn(g.n_nodes, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mine = pre._moments(op, x, 12, pre._Rows(0, g.n_nodes), lambda: None)
+    ref = ops.chebyshev_moments(op, x, 12, backend="torch").numpy()
+    np.testing.assert_allclose(mine, ref, rtol=tol(torch.float64), atol=tol(torch.float64) * ref[0])
+
+
+def test_plan_equals_spectral_bands(ds):
+    """The plan from moments is SpectralBands(method="chebyshev")'s fit on the same signal."""
+    g = ds.train_graph()
+    x = g.node_signal(torch.from_numpy(ds.features["image"]).double())
+    v = g.trivial_vector(torch.float64)
+    xc = x - torch.outer(v, v @ x)
+    K, M = 32, 3
+    sb = ssr_engine.SpectralBands(g, n_bands=M, method="chebyshev", order=K,
+                                  dtype=torch.float64).fit(x)
+    mom = ssr_engine.kpm_moments(g.scaled_laplacian(0.01, dtype=torch.float64), xc, K).numpy()
+    plan = chebyshev_plan(mom, M, (K,), 0.01)
+    np.testing.assert_allclose(plan.edges, sb.edges.numpy(), atol=1e-12)
+    np.testing.assert_allclose(np.array(plan.coeffs), sb.coeffs_.numpy(), atol=1e-12)
+    np.testing.assert_allclose(plan.shares, sb.shares_.numpy(), atol=1e-10)
+
+
+def test_chebyshev_store_matches_filters(ds, tmp_path):
+    g = ds.train_graph()
+    store, plan = precompute_bands(g, ds.features, tmp_path, n_bands=4, order=24, d0=8,
+                                   seed=5, compute_dtype=torch.float64, quiet=True)
+    assert store.modalities == ["id", "image", "text"]
+    assert store.dims == {"id": 8, "image": 8, "text": 6}
+    assert plan.method == "chebyshev" and plan.order == 24 and len(plan.edges) == 5
+    assert abs(sum(plan.shares) - 1.0) < 1e-12
+    coeffs = torch.tensor(plan.coeffs, dtype=torch.float64)
+    op = g.scaled_laplacian(0.01, dtype=torch.float64)
+    P = id_projection(0, g.n_nodes, 8, 5).double()
+    stored = torch.from_numpy(np.array(store.array("id"))).transpose(0, 1)     # [M, N, d]
+    assert _rel(stored, ops.chebyshev_bands_reference(op, P, coeffs)) <= tol(torch.float32)
+    assert _rel(stored.sum(0), P) <= tol(torch.float32, "unity")
+    # Content: the PCA-reduced node signal at unit RMS.
+    x = g.node_signal(reduce_item_features(ds.features["image"], 8))
+    x = x / x.pow(2).mean().sqrt()
+    stored = torch.from_numpy(np.array(store.array("image"))).transpose(0, 1)
+    assert _rel(stored, ops.chebyshev_bands_reference(op, x, coeffs)) <= tol(torch.float32)
+
+
+def test_exact_store_matches_spectral_bands(ds, tmp_path):
+    g = ds.train_graph()
+    store, plan = precompute_bands(g, {"text": ds.features["text"]}, tmp_path, approx="exact",
+                                   n_bands=3, d0=6, seed=1, quiet=True)
+    assert plan.method == "exact" and plan.order is None
+    sb = ssr_engine.SpectralBands(g, n_bands=3, method="exact", dtype=torch.float64)
+    assert np.allclose(plan.edges, sb.fit(g.node_signal(torch.from_numpy(
+        ds.features["text"]).double())).edges.numpy())
+    P = id_projection(0, g.n_nodes, 6, 1).double()
+    stored = torch.from_numpy(np.array(store.array("id"))).transpose(0, 1)
+    assert _rel(stored, sb.transform(P)) <= tol(torch.float32)
+
+
+def test_store_is_reused(ds, tmp_path, monkeypatch):
+    g = ds.train_graph()
+    first, _ = precompute_bands(g, ds.features, tmp_path, n_bands=2, order=16, d0=4, quiet=True)
+    monkeypatch.setattr(pre.ops, "chebyshev_bands",
+                        lambda *a, **k: pytest.fail("the store should have been reused"))
+    again, plan = precompute_bands(g, ds.features, tmp_path, n_bands=2, order=16, d0=4,
+                                   quiet=True)
+    assert again.meta == first.meta and plan.order == 16
+    monkeypatch.undo()
+    other, _ = precompute_bands(g, ds.features, tmp_path, n_bands=2, order=16, d0=4, seed=9,
+                                quiet=True)                       # other inputs: recomputed
+    assert other.meta["key"]["seed"] == 9
+
+
+def test_white_probe_without_content(ds, tmp_path):
+    store, plan = precompute_bands(ds.train_graph(), {}, tmp_path, n_bands=3, order=16, d0=4,
+                                   quiet=True)
+    assert store.modalities == ["id"] and len(plan.shares) == 3
+
+
+def test_refuses_hopeless_methods():
+    with pytest.raises(ValueError) as info:
+        check_feasible("exact", 1_000_000, 500_000, 16_000_000, widths=96)
+    msg = str(info.value)
+    assert "too large for --approx exact: ~1.8e+04 GB of memory" in msg
+    assert "above the 8000 the exact method accepts" in msg
+    assert "Use instead --approx chebyshev: ~2.3 GB of memory" in msg
+    est = check_feasible("chebyshev", 1_000_000, 500_000, 16_000_000, widths=96,
+                         memory=64e9)
+    assert est.approx == "chebyshev" and est.store_bytes == 1_500_000 * 4 * 96 * 4
+    assert check_feasible("auto", 300, 200, 3000, widths=8).approx == "exact"
+    with pytest.raises(ValueError, match="memory is available"):
+        check_feasible("chebyshev", 1_000_000, 500_000, 16_000_000, widths=96, memory=1e8)
+    with pytest.raises(ValueError, match="approx"):
+        check_feasible("lanczos", 10, 10, 20, widths=4)
+
+
+def test_distributed_needs_chebyshev(ds, tmp_path):
+    with pytest.raises(ValueError, match="chebyshev"):
+        precompute_bands(ds.train_graph(), ds.features, tmp_path, approx="exact",
+                         distributed=True, quiet=True)
+
+
+# -- two processes, rows partitioned, halo exchange --------------------------------------------
+def _store_worker(rank: int, root: str, dtype_name: str):
+    ds = _ds()
+    dtype = getattr(torch, dtype_name)
+    store, plan = precompute_bands(ds.train_graph(), ds.features, root, n_bands=4, order=32,
+                                   d0=8, seed=2, compute_dtype=dtype, distributed=True,
+                                   quiet=True)
+    return {k: np.asarray(store.array(k)).copy() for k in store.modalities}, plan.coeffs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_two_processes_equal_one(ds, tmp_path, dtype):
+    name = str(dtype).split(".")[-1]
+    results = run_local(_store_worker, 2, args=(str(tmp_path / "dist"), name),
+                        join_timeout=JOIN_S)
+    single, plan = precompute_bands(ds.train_graph(), ds.features, tmp_path / "one", n_bands=4,
+                                    order=32, d0=8, seed=2, compute_dtype=dtype, quiet=True)
+    for arrays, coeffs in results:
+        np.testing.assert_allclose(np.array(coeffs), np.array(plan.coeffs),
+                                   atol=1e3 * tol(dtype))
+        for k, arr in arrays.items():
+            ref = np.array(single.array(k))
+            assert _rel(arr, ref) <= tol(dtype, "partition"), k
+    assert math.isclose(sum(plan.shares), 1.0)

@@ -1,0 +1,93 @@
+"""Training loop: learning, early stopping, checkpoints and resume, bad inputs."""
+import numpy as np
+import pytest
+import torch
+
+import ssr_engine
+from ssr_engine.data import Dataset, synthetic_dataset
+from ssr_engine.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint, \
+    seed_everything
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return synthetic_dataset(150, 80, 2500, modalities={}, seed=3)
+
+
+def _mf(ds, seed=0):
+    seed_everything(seed)
+    return ssr_engine.MFBPR(ds.train_graph(), dim=16)
+
+
+def test_bpr_loss_decreases(ds):
+    model = _mf(ds)
+    tr = Trainer(model, ds, TrainConfig(lr=1e-2, batch_size=256, quiet=True, seed=0))
+    losses = [tr.train_epoch() for _ in range(8)]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_fit_reports_best_validation_epoch(ds):
+    model = _mf(ds)
+    res = Trainer(model, ds, TrainConfig(epochs=6, lr=1e-2, batch_size=256, quiet=True)).fit()
+    best = max(h["recall@20"] for h in res.history)
+    assert res.valid["recall@20"] == best
+    assert [h["epoch"] for h in res.history if h["recall@20"] == best][0] == res.best_epoch
+    assert 0.0 <= res.test["recall@20"] <= 1.0 and res.test["n_users"] > 0
+
+
+def test_early_stopping_respects_patience(ds):
+    model = _mf(ds)
+    # lr = 0: nothing improves after the first evaluation.
+    res = Trainer(model, ds, TrainConfig(epochs=50, lr=0.0, patience=3, quiet=True)).fit()
+    assert res.best_epoch == 1 and res.epochs_run == 4
+
+
+def test_resume_gives_identical_continuation(ds, tmp_path):
+    cfg = lambda n: TrainConfig(epochs=n, lr=1e-2, batch_size=256, quiet=True, seed=7)
+    straight = tmp_path / "a.pt"
+    Trainer(_mf(ds), ds, cfg(3), checkpoint=straight).fit()
+    split = tmp_path / "b.pt"
+    Trainer(_mf(ds), ds, cfg(1), checkpoint=split).fit()
+    torch.manual_seed(12345)  # disturb the global RNG: the checkpoint must restore it
+    Trainer(_mf(ds), ds, cfg(3), checkpoint=split).fit()
+    a = torch.load(straight, weights_only=False)
+    b = torch.load(split, weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["history"] == b["history"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_from_other_configuration_is_refused(ds, tmp_path):
+    ck = tmp_path / "c.pt"
+    Trainer(_mf(ds), ds, TrainConfig(epochs=1, quiet=True), checkpoint=ck).fit()
+    with pytest.raises(ValueError, match="different configuration.*lr"):
+        Trainer(_mf(ds), ds, TrainConfig(epochs=2, lr=5e-3, quiet=True), checkpoint=ck)
+    seed_everything(0)
+    other = ssr_engine.MFBPR(ds.train_graph(), dim=8)
+    with pytest.raises(ValueError, match="model.dim"):
+        Trainer(other, ds, TrainConfig(epochs=2, quiet=True), checkpoint=ck)
+
+
+def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
+    p = tmp_path / "x.pt"
+    save_checkpoint({"config": {"a": 1}, "v": 1}, p)
+    with pytest.raises(Exception):
+        save_checkpoint({"config": {"a": 1}, "v": lambda: 0}, p)  # not picklable
+    assert load_checkpoint(p, {"a": 1})["v"] == 1
+    assert [f.name for f in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_split_without_validation_is_refused():
+    ds = synthetic_dataset(60, 40, 500, modalities={}, seed=0)
+    no_valid = Dataset(ds.user_ids, ds.item_ids, np.where(ds.split == 1, 0, ds.split),
+                       ds.n_users, ds.n_items, name="novalid")
+    with pytest.raises(ValueError, match="no validation interactions"):
+        Trainer(ssr_engine.MFBPR(no_valid.train_graph()), no_valid)
+
+
+def test_model_dataset_size_mismatch_is_refused(ds):
+    small = synthetic_dataset(40, 30, 250, modalities={}, seed=0)
+    with pytest.raises(ValueError, match="users x"):
+        Trainer(ssr_engine.MFBPR(small.train_graph()), ds)
