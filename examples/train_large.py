@@ -31,9 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", choices=("ssr", "lightgcn", "mf"), default="ssr")
     p.add_argument("--approx", choices=("auto", "exact", "eigen", "chebyshev"), default="auto",
                    help="how SSR computes its bands")
-    p.add_argument("--epochs", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="maximum epochs (default: 1000 with --data, early stopping decides; "
+                        "10 on the built-in synthetic set)")
     p.add_argument("--seed", type=int, default=999)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("runs/train_large"),
+                   help="output folder (default: runs/train_large)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -72,7 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--users", type=int, default=20_000)
     g.add_argument("--items", type=int, default=10_000)
     g.add_argument("--interactions", type=int, default=300_000)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 1000 if args.data is not None else 10
+    return args
 
 
 def load_data(args):

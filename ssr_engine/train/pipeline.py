@@ -65,7 +65,7 @@ class LargeRun:
         timeout: seconds a collective may wait for a peer (distributed).
         store_dir: band store folder (default ``out/bands``).
         seed, quiet, device: run settings.
-        threads: torch threads (default: torch's, or 1 when the cores are already busy).
+        threads: torch threads (default 1; see ``_threads``).
         n_bands, order, k, d0, reduce, store_dtype, delta: band settings
             (:func:`~ssr_engine.train.precompute.precompute_bands`).
         dim, rank, residual, fusion, band_mask, mask_p, lambda_mask, consistency, align,
@@ -148,13 +148,11 @@ def _load(opts: LargeRun) -> Dataset:
 
 
 def _threads(requested: Optional[int]) -> int:
-    """Torch threads: as requested; else torch's default, or 1 on a machine whose cores
-    are already busy (its load average is at least the core count minus one half): then a
-    second OpenMP thread mostly waits for a core and every parallel op slows down."""
-    if requested:
-        return int(requested)
-    cores = os.cpu_count() or 1
-    return 1 if os.getloadavg()[0] >= cores - 0.5 else torch.get_num_threads()
+    """Torch threads: as requested, else 1. A step's tensors are small, and where other
+    processes keep the cores busy a second OpenMP thread spends its time waiting for one:
+    on the shared 2-core machine a step took 0.22 s with one thread and 1.5–2 s with two.
+    Pass more on a dedicated machine."""
+    return int(requested) if requested else 1
 
 
 def _atomic_text(text: str, path: Path) -> None:
