@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="output folder (default: runs/train_large)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report", type=Path, default=None,
+                   help="write the band explanation report (PNGs + HTML) here (SSR only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is much faster on a busy shared machine)")
@@ -131,6 +133,12 @@ def main(argv=None) -> dict:
            "wall_seconds": time.perf_counter() - t0, "history": res.history,
            "command": " ".join(sys.argv)}
     (args.out / "metrics.json").write_text(json.dumps(out, indent=1))
+    if args.report is not None and args.model == "ssr":
+        # the trainer leaves the best-validation state loaded
+        from ssr_engine.explain import read_item_names, write_report
+        f = args.data / "items.tsv" if args.data is not None else None
+        names = read_item_names(f, ds.n_items) if f is not None and f.is_file() else None
+        write_report(model, ds, args.report, k=10, item_names=names)
     if not args.quiet:
         print(json.dumps({k: out[k] for k in ("best_epoch", "valid", "test", "test_cold",
                                                "wall_seconds")}, indent=1))
