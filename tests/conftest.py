@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# Multi-process tests spawn workers that import test modules by name ("tests.graph...");
+# spawned children inherit sys.path, so the repository root must be on it also when pytest
+# is started as a script (``pytest``) rather than as ``python -m pytest``.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 # Real data lives beside the repository (../shared/data); SSR_DATA overrides.
 DATA_DIR = Path(os.environ.get("SSR_DATA",
