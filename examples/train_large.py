@@ -1,16 +1,34 @@
-"""Train SSR or a baseline on MMRec-format data (or the built-in synthetic set) and report.
+"""Train SSR (or a baseline) on MMRec data or a synthetic graph of any size, and report.
 
-Writes ``<out>/metrics.json`` with the validation metrics of the chosen epoch, the test
-metrics of that epoch (all test users and cold-start users), the best epoch, epochs run and
-wall time; ``<out>/checkpoint.pt`` is saved after every epoch and resumed from when present.
+Two pipelines:
+
+* **stored** (SSR with ``--approx chebyshev``, graphs above ``IN_MEMORY_MAX_NODES`` nodes,
+  and every ``--distributed`` run): band features of every modality are computed once
+  into a band store under the output folder (Chebyshev filters and KPM edges, or an exact /
+  partial eigenbasis), and each training step reads the rows of its batch only — its cost
+  does not grow with the graph (:mod:`ssr_engine.train.pipeline`);
+* **in memory** (SSR with ``--approx auto|exact|eigen`` on smaller graphs, and the
+  ``lightgcn`` / ``mf`` baselines): the model holds its bands (the ID modality on the full or
+  a partial eigenbasis) and trains with :class:`~ssr_engine.train.Trainer`.
+
+Both write ``<out>/metrics.json`` (validation metrics of the chosen epoch, test metrics of
+that epoch for all and for cold-start users, timings) and ``<out>/checkpoint.pt`` after
+every epoch; an existing checkpoint is continued with ``--resume`` or discarded with
+``--fresh``. Long phases show progress bars with rates and ETA (``--quiet`` for logs).
+The stored pipeline also checkpoints on SIGINT/SIGTERM (exit status 128 + signal) and a
+resumed run ends with the same metrics as an uninterrupted one.
 
 Examples:
-    python examples/train_large.py --data ../shared/data/movielens-100k --model ssr --out runs/ml
-    python examples/train_large.py --model lightgcn --epochs 20 --out runs/synthetic
+    python examples/train_large.py --approx chebyshev
+    python examples/train_large.py --approx chebyshev --synthetic 1000000,500000,20000000
+    python examples/train_large.py --data ../shared/data/amazon-baby --approx exact
+    python examples/train_large.py --model lightgcn --synthetic 20000,10000,300000 --epochs 20
+    torchrun --nproc_per_node=2 examples/train_large.py --approx chebyshev --distributed
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -20,49 +38,84 @@ import torch
 
 import ssr_engine
 from ssr_engine.data import load_mmrec, synthetic_dataset
+from ssr_engine.distributed import RankFailure
 from ssr_engine.train import TrainConfig, Trainer, seed_everything
+from ssr_engine.train.large import Interrupted
+from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, SYNTHETIC_MODALITIES, LargeRun, run_large
+from ssr_engine.train.precompute import check_feasible
+
+#: SSR graphs above this many nodes train on the stored pipeline whatever ``--approx``.
+IN_MEMORY_MAX_NODES = 100_000
+
+
+def _triple(text: str):
+    try:
+        u, i, e = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected USERS,ITEMS,INTERACTIONS, got {text!r}")
+    if min(u, i, e) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return u, i, e
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, help="MMRec folder (default: synthetic dataset)")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", type=Path, help="MMRec folder")
+    src.add_argument("--synthetic", type=_triple, metavar="USERS,ITEMS,INTERACTIONS",
+                     help="built-in synthetic multimodal graph of this size (default "
+                          "{},{},{})".format(*DEFAULT_SYNTHETIC))
     p.add_argument("--modalities", nargs="*", default=None,
-                   help="feature modalities to use (default: all *_feat.npy; none = ID-only)")
+                   help="feature modalities to use (default: all; none = ID-only)")
     p.add_argument("--model", choices=("ssr", "lightgcn", "mf"), default="ssr")
-    p.add_argument("--approx", choices=("auto", "exact", "eigen", "chebyshev"), default="auto",
-                   help="how SSR computes its bands")
+    p.add_argument("--approx", choices=("auto", "exact", "eigen", "chebyshev"),
+                   default="auto", help="how SSR computes its bands (auto: exact on small "
+                                        "graphs, else chebyshev)")
+    p.add_argument("--pipeline", choices=("auto", "stored", "memory"), default="auto",
+                   help="stored band features or in-memory model (auto: see above)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="maximum epochs (default: 1000 with --data, early stopping decides; "
-                        "10 on the built-in synthetic set)")
+                   help="maximum epochs (default: 5 stored, 1000 in memory)")
     p.add_argument("--seed", type=int, default=999)
-    p.add_argument("--out", type=Path, default=Path("runs/train_large"),
-                   help="output folder (default: runs/train_large)")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("runs/train_large"))
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--resume", action="store_true", help="continue <out>/checkpoint.pt")
+    run.add_argument("--fresh", action="store_true", help="discard <out>/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
     p.add_argument("--report", type=Path, default=None,
-                   help="write the band explanation report (PNGs + HTML) here (SSR only)")
+                   help="write the band explanation report (PNGs + HTML) here (SSR in memory)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 is much faster on a busy shared machine)")
+                   help="torch CPU threads (stored pipeline: default 1, which is fastest on a "
+                        "busy shared machine; pass more on a dedicated one. In memory: "
+                        "torch's default)")
     g = p.add_argument_group("training")
     g.add_argument("--dim", type=int, default=64)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--reg", type=float, default=1e-4)
-    g.add_argument("--batch-size", type=int, default=2048)
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="interactions per step (default: 8192 stored, 2048 in memory)")
     g.add_argument("--n-neg", type=int, default=1)
     g.add_argument("--patience", type=int, default=20)
     g.add_argument("--eval-every", type=int, default=1)
+    g.add_argument("--eval-users", type=int, default=20000,
+                   help="rank all items for this many sampled users (0: all; stored)")
     g.add_argument("--loss", choices=("bpr", "bce"), default="bpr")
     g = p.add_argument_group("SSR")
     g.add_argument("--n-bands", type=int, default=4)
     g.add_argument("--rank", type=int, default=16, help="CP rank of the G-HSNO fusion")
-    g.add_argument("--order", type=int, default=None, help="Chebyshev order (--approx chebyshev)")
+    g.add_argument("--order", type=int, default=None, help="Chebyshev order")
     g.add_argument("--id-basis", type=int, default=None,
-                   help="eigenpairs per end for the ID modality (default: full basis on "
-                        "small graphs, 256 otherwise)")
-    g.add_argument("--id-prior", choices=("none", "lightgcn", "mirror"), default="none")
-    g.add_argument("--band-edges", choices=("energy", "uniform"), default="energy")
-    g.add_argument("--fusion", choices=("cp", "cp+sum", "sum"), default="cp")
+                   help="in memory: eigenpairs per end for the ID modality (default: full "
+                        "basis on small graphs, 256 otherwise)")
+    g.add_argument("--id-prior", choices=("none", "lightgcn", "mirror"), default="none",
+                   help="in memory: spectral prior of the ID coefficients")
+    g.add_argument("--band-edges", choices=("energy", "uniform"), default="energy",
+                   help="in memory: energy-balanced or uniform edges")
+    g.add_argument("--fusion", choices=("sum", "cp", "cp+sum"), default=None,
+                   help="G-HSNO (cp), plain sum, or G-HSNO on a sum skip path (default: cp "
+                        "stored, sum in memory — each chosen on validation)")
     g.add_argument("--no-mask", action="store_true", help="ablation: no band mask")
     g.add_argument("--mask-p", type=float, default=0.2)
     g.add_argument("--lambda-mask", type=float, default=0.1)
@@ -71,24 +124,60 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-align", action="store_true", help="ablation: no spectral alignment")
     g.add_argument("--lambda-cl", type=float, default=0.05)
     g.add_argument("--tau", type=float, default=0.2)
+    g = p.add_argument_group("stored pipeline")
+    g.add_argument("--d0", type=int, default=32,
+                   help="width of the reduced features and of the ID projection")
+    g.add_argument("--reduce", choices=("pca", "random"), default="pca")
+    g.add_argument("--k", type=int, default=None, help="eigenpairs per end for --approx eigen")
+    g.add_argument("--store-dtype", choices=("float32", "float16"), default="float32")
+    g.add_argument("--store-dir", type=Path, default=None, help="default <out>/bands")
+    g.add_argument("--no-residual", action="store_true",
+                   help="ablation: no free per-node ID residual")
+    g.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also checkpoint every this many steps")
+    g.add_argument("--distributed", action="store_true",
+                   help="one process per rank (torchrun): row-partitioned bands, DDP")
+    g.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds a collective waits for a peer before failing")
     g = p.add_argument_group("baselines")
     g.add_argument("--layers", type=int, default=3, help="LightGCN layers")
-    g = p.add_argument_group("synthetic data (without --data)")
-    g.add_argument("--users", type=int, default=20_000)
-    g.add_argument("--items", type=int, default=10_000)
-    g.add_argument("--interactions", type=int, default=300_000)
-    args = p.parse_args(argv)
-    if args.epochs is None:
-        args.epochs = 1000 if args.data is not None else 10
-    return args
+    return p.parse_args(argv)
 
 
 def load_data(args):
-    if args.data is None:
-        mods = None if args.modalities is None else {m: 64 for m in args.modalities}
-        return synthetic_dataset(args.users, args.items, args.interactions, modalities=mods,
-                                 seed=args.seed, name="synthetic")
-    return load_mmrec(args.data, modalities=args.modalities)
+    if args.data is not None:
+        return load_mmrec(args.data, modalities=args.modalities)
+    u, i, e = args.synthetic or DEFAULT_SYNTHETIC
+    mods = SYNTHETIC_MODALITIES if args.modalities is None else \
+        {m: SYNTHETIC_MODALITIES.get(m, 64) for m in args.modalities}
+    return synthetic_dataset(u, i, e, modalities=mods, seed=args.seed,
+                             name=f"synthetic-{u}x{i}x{e}")
+
+
+def use_stored(args, n_nodes: int) -> bool:
+    if args.pipeline != "auto":
+        return args.pipeline == "stored"
+    return args.model == "ssr" and (args.distributed or args.approx == "chebyshev"
+                                    or n_nodes > IN_MEMORY_MAX_NODES)
+
+
+def stored_options(args) -> LargeRun:
+    if args.report is not None:
+        raise ValueError("--report explains an in-memory SSR model; the stored pipeline has "
+                         "no report yet (use --pipeline memory on a graph that fits)")
+    return LargeRun(
+        out=args.out, data=args.data, synthetic=args.synthetic or DEFAULT_SYNTHETIC,
+        modalities=args.modalities, approx=args.approx, resume=args.resume, fresh=args.fresh,
+        distributed=args.distributed, timeout=args.timeout, store_dir=args.store_dir,
+        seed=args.seed, quiet=args.quiet, device=args.device, threads=args.threads,
+        n_bands=args.n_bands, order=args.order, k=args.k, d0=args.d0, reduce=args.reduce,
+        store_dtype=args.store_dtype, dim=args.dim, rank=args.rank,
+        residual=not args.no_residual, fusion=args.fusion or "cp", band_mask=not args.no_mask,
+        mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
+        align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
+        loss=args.loss, epochs=args.epochs or 5, batch_size=args.batch_size or 8192,
+        lr=args.lr, n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
+        eval_users=args.eval_users or None, checkpoint_every=args.checkpoint_every)
 
 
 def build_model(args, ds):
@@ -101,31 +190,42 @@ def build_model(args, ds):
     return ssr_engine.SSRModel(
         graph, ds.features, n_bands=args.n_bands, dim=args.dim, rank=args.rank,
         approx=args.approx, order=args.order, id_basis=args.id_basis, id_prior=args.id_prior,
-        band_edges=args.band_edges, fusion=args.fusion, band_mask=not args.no_mask,
+        band_edges=args.band_edges, fusion=args.fusion or "sum", band_mask=not args.no_mask,
         mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
         align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
         loss=args.loss, seed=args.seed)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def run_in_memory(args, ds, t0: float) -> dict:
+    if args.distributed:
+        raise ValueError("--distributed needs the stored pipeline (--model ssr, --pipeline "
+                         "stored or auto)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    ds = load_data(args)
+    if args.model == "ssr":
+        n_train = int((ds.split == 0).sum())
+        widths = sum(min(int(f.shape[1]), 64) for f in ds.features.values()) or 32
+        check_feasible(args.approx, ds.n_users, ds.n_items, n_train, widths, args.n_bands,
+                       args.order, args.id_basis)
     seed_everything(args.seed)
     model = build_model(args, ds).to(args.device)
     setup = time.perf_counter() - t0
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
-                      seed=args.seed, quiet=args.quiet)
+    cfg = TrainConfig(epochs=args.epochs or 1000, batch_size=args.batch_size or 2048,
+                      lr=args.lr, n_neg=args.n_neg, patience=args.patience,
+                      eval_every=args.eval_every, seed=args.seed, quiet=args.quiet)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "checkpoint.pt"
+    if ckpt.exists() and not (args.resume or args.fresh):
+        raise ValueError(f"{args.out} already holds a checkpoint ({ckpt}); pass --resume to "
+                         "continue that run or --fresh to start over")
+    if args.resume and not ckpt.exists():
+        raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
     if args.fresh and ckpt.exists():
         ckpt.unlink()
     res = Trainer(model, ds, cfg, checkpoint=ckpt).fit()
-    out = {"dataset": ds.name, "model": args.model, "seed": args.seed,
-           "config": model.config(), "bands": getattr(model, "band_report", None), "train": cfg.identity(), "best_epoch": res.best_epoch,
+    out = {"dataset": ds.name, "model": args.model, "pipeline": "memory", "seed": args.seed,
+           "config": model.config(), "bands": getattr(model, "band_report", None),
+           "train": cfg.identity(), "best_epoch": res.best_epoch,
            "epochs_run": res.epochs_run, "valid": res.valid, "test": res.test,
            "test_cold": res.test_cold, "setup_seconds": setup,
            "train_seconds": res.train_seconds, "eval_seconds": res.eval_seconds,
@@ -143,6 +243,38 @@ def main(argv=None) -> dict:
         print(json.dumps({k: out[k] for k in ("best_epoch", "valid", "test", "test_cold",
                                                "wall_seconds")}, indent=1))
     return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        if args.data is None:                  # synthetic: sizes known before generating
+            u, i, e = args.synthetic or DEFAULT_SYNTHETIC
+            if use_stored(args, u + i):
+                return run_large(stored_options(args))
+            if args.model == "ssr":
+                check_feasible(args.approx, u, i, int(0.8 * e), 64 + 32, args.n_bands,
+                               args.order, args.id_basis)
+            return run_in_memory(args, load_data(args), t0)
+        ds = load_data(args)
+        if use_stored(args, ds.n_users + ds.n_items):
+            return run_large(stored_options(args), dataset=ds)
+        return run_in_memory(args, ds, t0)
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except RankFailure as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            print(f"\nerror: {e}", file=sys.stderr)
+            sys.exit(1)
+        raise
+    except ValueError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
 from .large import LargeConfig, LargeTrainer
 from .precompute import check_feasible, precompute_bands
+from .store import check_space
 from .stored_model import StoredSSR
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC"]
@@ -147,6 +148,21 @@ def _load(opts: LargeRun) -> Dataset:
                              name=f"synthetic-{U}x{I}x{E}")
 
 
+def _kept(e: OSError, ckpt: Path) -> OSError:
+    kept = f"the checkpoint {ckpt} is untouched" if ckpt.exists() else \
+        "no checkpoint was written yet"
+    return OSError(e.errno, f"{e.strerror}; {kept}")
+
+
+def _check_store_space(store_dir: Path, nbytes: int, ckpt: Path) -> None:
+    # A store computed earlier from the same inputs is reused and needs no new space.
+    old = sum(p.stat().st_size for p in store_dir.glob("*.npy*")) if store_dir.is_dir() else 0
+    try:
+        check_space(store_dir, nbytes, reclaimable=old)
+    except OSError as e:
+        raise _kept(e, ckpt) from e
+
+
 def _threads(requested: Optional[int]) -> int:
     """Torch threads: as requested, else 1. A step's tensors are small, and where other
     processes keep the cores busy a second OpenMP thread spends its time waiting for one:
@@ -216,6 +232,15 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     if opts.distributed:
         dist.barrier()
     timings = {}
+    store_dir = Path(opts.store_dir) if opts.store_dir is not None else out / "bands"
+    if opts.data is None and dataset is None:     # refuse before generating anything
+        U, I, E = opts.synthetic
+        mods = SYNTHETIC_MODALITIES if opts.modalities is None else \
+            {m: SYNTHETIC_MODALITIES.get(m, 64) for m in opts.modalities}
+        est = check_feasible(opts.approx, U, I, int(0.8 * E), opts.d0 + sum(
+            min(d, opts.d0) for d in mods.values()), opts.n_bands, opts.order, opts.k,
+            store_dtype=opts.store_dtype)
+        _check_store_space(store_dir, est.store_bytes, ckpt)
 
     t0 = time.perf_counter()
     what = str(opts.data) if opts.data is not None else \
@@ -227,8 +252,9 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     n_train = int((ds.split == 0).sum())
     widths = opts.d0 + sum(min(int(f.shape[1]), opts.d0) for f in ds.features.values())
     est = check_feasible(opts.approx, ds.n_users, ds.n_items, n_train, widths, opts.n_bands,
-                         opts.order, opts.k)
+                         opts.order, opts.k, store_dtype=opts.store_dtype)
     log(f"[plan] {est}")
+    _check_store_space(store_dir, est.store_bytes, ckpt)
 
     t0 = time.perf_counter()
     with log.phase("graph", f"{n_train} training interactions"):
@@ -236,7 +262,6 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     timings["graph"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    store_dir = Path(opts.store_dir) if opts.store_dir is not None else out / "bands"
     with log.phase("bands", f"{est.approx} band features -> {store_dir}"):
         try:
             store, plan = precompute_bands(
@@ -246,9 +271,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                 quiet=opts.quiet)
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                kept = f"the checkpoint {ckpt} is untouched" if ckpt.exists() else \
-                    "no checkpoint was written yet"
-                raise OSError(e.errno, f"{e.strerror}; {kept}") from e
+                raise _kept(e, ckpt) from e
             raise
     timings["bands"] = time.perf_counter() - t0
     log(f"[bands] {plan.method}, order {plan.order}, edges "
@@ -274,7 +297,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         + f"; evaluating {'all' if cfg.eval_users is None else cfg.eval_users} users")
     res = trainer.fit()
     report = {
-        "dataset": ds.name, "n_users": ds.n_users, "n_items": ds.n_items,
+        "dataset": ds.name, "pipeline": "stored", "n_users": ds.n_users, "n_items": ds.n_items,
         "n_train": n_train, "world_size": world, "seed": opts.seed,
         "options": json.loads(json.dumps(asdict(opts), default=str)),
         "estimate": str(est), "bands": plan.to_dict(), "best_epoch": res.best_epoch,

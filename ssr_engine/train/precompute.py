@@ -159,12 +159,14 @@ def _available_memory() -> float:
 
 def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths: int,
                    n_bands: int = 4, order: Optional[int] = None, k: Optional[int] = None,
-                   memory: Optional[float] = None, max_seconds: float = 86400.0) -> Estimate:
+                   memory: Optional[float] = None, max_seconds: float = 86400.0,
+                   store_dtype: str = "float32") -> Estimate:
     """Refuse, before any work, a graph too large for ``approx``; return the estimate.
 
     Args:
         approx: the band method (``"auto"`` is resolved first).
-        n_users, n_items, n_edges, widths, n_bands, order, k: see :func:`estimate_cost`.
+        n_users, n_items, n_edges, widths, n_bands, order, k, store_dtype: see
+            :func:`estimate_cost`.
         memory: bytes available (default: ``MemAvailable`` of ``/proc/meminfo``).
         max_seconds: longest acceptable precompute.
 
@@ -180,7 +182,7 @@ def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths
         'chebyshev'
     """
     approx = resolve_approx(approx, n_users, n_items)
-    est = estimate_cost(approx, n_users, n_items, n_edges, widths, n_bands, order, k)
+    est = estimate_cost(approx, n_users, n_items, n_edges, widths, n_bands, order, k, store_dtype)
     memory = _available_memory() if memory is None else float(memory)
     reasons = []
     if approx == "exact" and min(n_users, n_items) > EXACT_MAX:
@@ -191,10 +193,16 @@ def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths
     if est.seconds > max_seconds:
         reasons.append(f"that is more than the {_duration(max_seconds)} allowed")
     if reasons:
-        alt = estimate_cost("chebyshev", n_users, n_items, n_edges, widths, n_bands, None)
+        if approx == "chebyshev":
+            advice = ("Lower --d0 or --n-bands, or run on a machine with more memory "
+                      "(--distributed splits the rows over processes)")
+        else:
+            advice = "Use instead " + str(estimate_cost(
+                "chebyshev", n_users, n_items, n_edges, widths, n_bands, None,
+                store_dtype=store_dtype))
         raise ValueError(f"a graph of {n_users} users x {n_items} items ({n_edges} training "
                          f"interactions) is too large for {est}: " + "; ".join(reasons)
-                         + f". Use instead {alt}")
+                         + f". {advice}")
     return est
 
 

@@ -27,7 +27,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["BandStore", "BandWriter", "store_nbytes"]
+__all__ = ["BandStore", "BandWriter", "store_nbytes", "check_space"]
 
 PathLike = Union[str, os.PathLike]
 META = "meta.json"
@@ -47,6 +47,22 @@ def store_nbytes(n_nodes: int, n_bands: int, dims: Mapping[str, int],
     """
     return int(n_nodes) * int(n_bands) * sum(int(d) for d in dims.values()) * \
         np.dtype(_DTYPES[dtype]).itemsize
+
+
+def check_space(root: PathLike, nbytes: int, reclaimable: int = 0) -> None:
+    """Raise ``OSError(ENOSPC)`` unless the disk of ``root`` (or of its nearest existing
+    parent) has ``nbytes`` plus a margin free, counting ``reclaimable`` bytes that writing
+    will release (an older store being replaced).
+
+    Example:
+        >>> check_space("/tmp", 1024)
+    """
+    path = Path(root)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free + int(reclaimable)
+    if free < nbytes + MARGIN_BYTES:
+        raise _no_space(Path(root), nbytes, free)
 
 
 def _gb(n: float) -> str:
@@ -231,9 +247,7 @@ class BandWriter:
         need = store_nbytes(n_nodes, n_bands, dims, dtype)
         old = sum((root / f"{n}{s}").stat().st_size for n in dims for s in (".npy", ".npy.partial")
                   if (root / f"{n}{s}").exists())
-        free = shutil.disk_usage(root).free + old
-        if free < need + MARGIN_BYTES:
-            raise _no_space(root, need, free)
+        check_space(root, need, old)
         for name in dims:
             for suffix in (".npy", ".npy.partial"):
                 p = root / f"{name}{suffix}"

@@ -39,7 +39,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from ..nn import BandMask, BandReliability, CPFusion, SpectralInfoNCE, SumFusion, consistency_loss
+from ..nn import (BandMask, BandReliability, CPFusion, SkipCPFusion, SpectralInfoNCE, SumFusion,
+                  consistency_loss)
 from ..nn.recommender import Recommender, ranking_loss
 from .store import BandStore
 
@@ -56,7 +57,8 @@ class StoredSSR(Recommender):
         dim: embedding size ``d``.
         rank: CP rank ``r`` of the fusion.
         residual: add the free per-node ID residual to the last band.
-        fusion: ``"cp"`` (G-HSNO) or ``"sum"`` (ablation: plain sum of the slots).
+        fusion: ``"cp"`` (G-HSNO), ``"sum"`` (plain sum of the modulated slots) or
+            ``"cp+sum"`` (G-HSNO on a linear skip path, :class:`~ssr_engine.nn.SkipCPFusion`).
         n_out: output bands of the fusion (default ``M``).
         band_mask: use the band mask and its consistency loss.
         mask_p: band drop probability.
@@ -104,7 +106,7 @@ class StoredSSR(Recommender):
             raise ValueError(f"the band store holds no 'id' modality: {store.modalities}")
         if min(dim, rank) < 1 or (n_out is not None and n_out < 1):
             raise ValueError(f"dim, rank and n_out must be >= 1, got {dim}, {rank}, {n_out}")
-        for opt, val, allowed in (("fusion", fusion, ("cp", "sum")),
+        for opt, val, allowed in (("fusion", fusion, ("cp", "cp+sum", "sum")),
                                   ("consistency", consistency, ("representation",
                                                                 "prediction"))):
             if val not in allowed:
@@ -136,7 +138,8 @@ class StoredSSR(Recommender):
                 nn.init.normal_(self.residual.weight, std=math.sqrt(2.0 / (n + dim)))
             self.reliability = BandReliability(m, M)
             self.mask = BandMask(M, mask_p if band_mask else 0.0)
-            self.fusion = (CPFusion(m * M, dim, rank, n_out or M) if fusion == "cp"
+            kinds = {"cp": CPFusion, "cp+sum": SkipCPFusion}
+            self.fusion = (kinds[fusion](m * M, dim, rank, n_out or M) if fusion in kinds
                            else SumFusion())
         self.align = SpectralInfoNCE(tau) if (align and m >= 2) else None
 
@@ -176,25 +179,31 @@ class StoredSSR(Recommender):
         """Band slots of nodes (users first, items offset by ``n_users``): ``[n, m, M, d]``."""
         return self._slots(self._rows(nodes), nodes)
 
+    def _cp(self) -> Optional[CPFusion]:
+        f = self.fusion
+        return f if isinstance(f, CPFusion) else f.cp if isinstance(f, SkipCPFusion) else None
+
     def _band_maps(self, alpha: torch.Tensor):
-        """Per band the map from the stored rows to the fusion's mix (CP: ``C^{(b)}``, sum:
-        the slot sum): ``[M, D, O·r]`` (CP) or ``[M, D, d]`` (sum), reliabilities folded in;
-        and the residual's map ``[d, O·r]`` / ``[d, d]`` (None without a residual)."""
-        M, cp = self.n_bands, isinstance(self.fusion, CPFusion)
+        """Per band the map from the stored rows to the fusion's mix, reliabilities folded
+        in: ``[M, D, k]`` with ``k = d`` (the slot sum) and/or ``O·r`` (the CP mix
+        ``C^{(b)}``), sum first; and the residual's map ``[d, k]`` (None without one)."""
+        M, cp, skip = self.n_bands, self._cp(), not isinstance(self.fusion, CPFusion)
         maps, res = [], None
         for j, name in enumerate(self.modalities):
             Wt = self.proj[name].weight.T                                      # [d_m, d]
             a = alpha[j]                                                       # [M]
-            if cp:
-                K, V = self.fusion.K[j * M:(j + 1) * M], self.fusion.V[:, j * M:(j + 1) * M]
+            parts, res_parts = [], []
+            if skip:
+                parts.append(a[:, None, None] * Wt.unsqueeze(0))               # [M, d_m, d]
+                res_parts.append(a[-1] * torch.eye(self.dim, device=Wt.device, dtype=Wt.dtype))
+            if cp is not None:
+                K, V = cp.K[j * M:(j + 1) * M], cp.V[:, j * M:(j + 1) * M]
                 A = torch.matmul(Wt.unsqueeze(0), K)                           # [M, d_m, r]
-                maps.append(torch.einsum("bkr,obr,b->bkor", A, V, a).flatten(2))
-                if name == "id" and self.residual is not None:
-                    res = torch.einsum("kr,or->kor", K[-1], V[:, -1]).flatten(1) * a[-1]
-            else:
-                maps.append(a[:, None, None] * Wt.unsqueeze(0))
-                if name == "id" and self.residual is not None:
-                    res = a[-1] * torch.eye(self.dim, device=Wt.device, dtype=Wt.dtype)
+                parts.append(torch.einsum("bkr,obr,b->bkor", A, V, a).flatten(2))
+                res_parts.append(torch.einsum("kr,or->kor", K[-1], V[:, -1]).flatten(1) * a[-1])
+            maps.append(torch.cat(parts, dim=2))
+            if name == "id" and self.residual is not None:
+                res = torch.cat(res_parts, dim=1)
         return torch.cat(maps, dim=1), res
 
     def _mix(self, rows: Dict[str, torch.Tensor], nodes: torch.Tensor,
@@ -215,10 +224,14 @@ class StoredSSR(Recommender):
         return out
 
     def _finish(self, mix: torch.Tensor) -> torch.Tensor:
-        """Fused vectors ``[n, d]`` from a mix (CP: ``C [n, O·r]``; sum: the vectors)."""
-        if not isinstance(self.fusion, CPFusion):
+        """Fused vectors ``[n, d]`` from a mix (``[n, k]``, see :meth:`_band_maps`)."""
+        f, cp = self.fusion, self._cp()
+        if cp is None:
             return mix
-        return _fuse_from_mix(mix, self.fusion.Q, self.fusion.w, self.fusion.eps)
+        if isinstance(f, CPFusion):
+            return _fuse_from_mix(mix, cp.Q, cp.w, cp.eps)
+        d = self.dim
+        return mix[:, :d] + f.gamma * _fuse_from_mix(mix[:, d:], cp.Q, cp.w, cp.eps)
 
     @torch.no_grad()
     def embed(self, nodes, chunk: int = 65536, progress=None) -> torch.Tensor:
@@ -302,7 +315,7 @@ def _fuse_from_mix(C: torch.Tensor, Q: torch.Tensor, w: torch.Tensor, eps: float
     = [g_o C_o / rms_o]_o @ [Q_oᵀ]_o`` — ``Z`` (``[n, O, d]``) is never formed.
     """
     O, d, r = Q.shape
-    C = C.view(-1, O, r)
+    C = C.reshape(-1, O, r)
     logits = torch.einsum("nor,or->no", C, torch.einsum("odr,d->or", Q, w))
     gram = torch.einsum("odr,ods->ors", Q, Q)                                # [O, r, r]
     ms = (torch.einsum("nor,ors->nos", C, gram) * C).sum(-1).clamp_min(0.0) / d

@@ -92,7 +92,7 @@ def test_views_and_sides_are_consistent(trained):
 
 def test_matches_the_dense_interaction_blocks(ds):
     """A[o, s] = h_uᵀ (g_o/ρ_o) W[o, s] H_s(i), W[o, s] = α_s Q_o diag(V_{o,s}) K_sᵀ."""
-    m = _train(_model(ds), ds, steps=3)
+    m = _train(_model(ds, fusion="cp"), ds, steps=3)
     users, items = torch.tensor([1, 4]), torch.tensor([[0, 5], [9, 30]])
     a = attribute(m, users, items)
     f = m.fusion

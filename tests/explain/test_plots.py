@@ -15,7 +15,8 @@ from ssr_engine.nn import SSRModel
 def setup():
     ds = synthetic_dataset(60, 40, 600, modalities={"text": 8}, seed=0)
     torch.manual_seed(0)
-    return ds, SSRModel(ds.train_graph(), ds.features, n_bands=3, dim=8, rank=4).eval()
+    return ds, SSRModel(ds.train_graph(), ds.features, n_bands=3, dim=8, rank=4,
+                        fusion="cp").eval()
 
 
 def test_figures_have_expected_panels_and_save(setup, tmp_path):

@@ -18,7 +18,8 @@ def ds():
 @pytest.fixture(scope="module")
 def model(ds):
     torch.manual_seed(0)
-    m = SSRModel(ds.train_graph(), ds.features, n_bands=3, dim=8, rank=4, approx="exact")
+    m = SSRModel(ds.train_graph(), ds.features, n_bands=3, dim=8, rank=4, approx="exact",
+                 fusion="cp")
     with torch.no_grad():  # move the parameters off their initial values
         for p in m.parameters():
             p.add_(0.3 * torch.randn_like(p))

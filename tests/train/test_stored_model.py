@@ -27,6 +27,8 @@ def _model(setup, **kw):
         m.reliability.rho.normal_(generator=torch.Generator().manual_seed(1))
         if m.residual is not None:
             m.residual.weight.normal_(generator=torch.Generator().manual_seed(2))
+        if hasattr(m.fusion, "gamma"):
+            m.fusion.gamma.fill_(0.7)
     return m.double()
 
 
@@ -42,17 +44,20 @@ def test_fuse_from_mix_equals_cp_fusion():
                                rtol=tol(torch.float64), atol=tol(torch.float64))
 
 
-@pytest.mark.parametrize("fusion", ["cp", "sum"])
+@pytest.mark.parametrize("fusion", ["cp", "sum", "cp+sum"])
 def test_embed_equals_explicit_slots(setup, fusion):
     m = _model(setup, fusion=fusion)
     nodes = torch.tensor([0, 7, 299, 300, 499])
     H = m.slots(nodes) * m.reliability.alpha[None, :, :, None]       # [n, m, M, d]
     assert H.shape == (5, 3, 3, 16)
+    ref = H.sum(dim=(1, 2))
     if fusion == "cp":
         f = m.fusion
         ref = ops.cp_fusion_reference(H.flatten(1, 2), f.K, f.V, f.Q, f.w, f.eps)
-    else:
-        ref = H.sum(dim=(1, 2))
+    elif fusion == "cp+sum":
+        f = m.fusion.cp
+        ref = ref + m.fusion.gamma * ops.cp_fusion_reference(H.flatten(1, 2), f.K, f.V, f.Q, f.w,
+                                                             f.eps)
     torch.testing.assert_close(m.embed(nodes), ref, rtol=tol(torch.float64), atol=1e-12)
     u, i = m.node_embeddings()
     torch.testing.assert_close(torch.cat([u, i])[nodes], ref, rtol=tol(torch.float64), atol=1e-12)

@@ -1,0 +1,50 @@
+"""examples/train_large.py end to end: both pipelines, refusals before any work, exit codes."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_large.py"
+SMALL = ["--synthetic", "400,200,6000", "--epochs", "1", "--quiet", "--threads", "1"]
+
+
+def _run(*args, out=None, timeout=600):
+    cmd = [sys.executable, str(SCRIPT), *args] + ([] if out is None else ["--out", str(out)])
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_stored_pipeline_trains_and_reports(tmp_path):
+    r = _run("--approx", "chebyshev", *SMALL, "--d0", "8", "--dim", "16", "--order", "16",
+             "--eval-users", "100", out=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["pipeline"] == "stored" and m["epochs_run"] == 1 and m["bands"]["method"] == "chebyshev"
+    assert m["n_users"] == 400 and 0.0 < m["test"]["recall@20"] <= 1.0
+    assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "bands").is_dir()
+    # an existing checkpoint is neither overwritten nor silently continued
+    again = _run("--approx", "chebyshev", *SMALL, out=tmp_path)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_in_memory_baseline(tmp_path):
+    r = _run("--model", "lightgcn", *SMALL, "--dim", "16", out=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["pipeline"] == "memory" and m["model"] == "lightgcn" and m["epochs_run"] == 1
+    assert 0.0 <= m["test"]["recall@20"] <= 1.0
+
+
+@pytest.mark.parametrize("pipeline", ["stored", "memory"])
+def test_too_large_for_exact_is_refused_up_front(tmp_path, pipeline):
+    r = _run("--approx", "exact", "--pipeline", pipeline, "--synthetic",
+             "2000000,1000000,30000000", out=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert "too large" in r.stderr and "chebyshev" in r.stderr
+    assert not (tmp_path / "bands").exists()                    # nothing was generated
+
+
+def test_report_needs_the_in_memory_pipeline(tmp_path):
+    r = _run("--approx", "chebyshev", *SMALL, "--report", str(tmp_path / "rep"), out=tmp_path)
+    assert r.returncode == 2 and "--report" in r.stderr
