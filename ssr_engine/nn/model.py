@@ -25,7 +25,7 @@ L2 term is applied, as in the baselines, to the band slots of the batch's nodes.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -72,7 +72,73 @@ def _check_features(graph: InteractionGraph, features: Optional[Mapping[str, Arr
     return out
 
 
-class SSRModel(Recommender):
+class _SSRObjective:
+    """The training objective of the SSR models from the fused vectors on, shared by
+    :class:`SSRModel` and :class:`~ssr_engine.train.stored_model.StoredSSR` (which differ in
+    how they form the band slots and fuse them).
+
+    Uses the model's ``n_users``, ``loss_kind``, ``consistency``, ``align``, ``align_items``,
+    ``lambda_mask`` and ``lambda_cl``.
+    """
+
+    def _batch_nodes(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The batch's distinct nodes ``uniq [n]`` (items offset by ``n_users``) and ``inv
+        [B (2 + n_neg)]``, the position in ``uniq`` of the users, positives and negatives."""
+        nodes = torch.cat([users, pos + self.n_users, neg.flatten() + self.n_users])
+        return torch.unique(nodes, return_inverse=True)
+
+    @staticmethod
+    def _triplet_mean(per_node: torch.Tensor, inv: torch.Tensor, B: int, n_neg: int
+                      ) -> torch.Tensor:
+        """Mean over the triplets of ``x_u + x_pos + mean x_neg`` for per-node ``x [n]``."""
+        x = per_node[inv]
+        return (x[:B] + x[B:2 * B] + x[2 * B:].view(B, n_neg).mean(1)).mean()
+
+    def _objective(self, uniq: torch.Tensor, inv: torch.Tensor, B: int, n_neg: int,
+                   h_full: torch.Tensor, h_masked: Optional[torch.Tensor],
+                   align_slots: Callable[[torch.Tensor], torch.Tensor],
+                   reg: Callable[[], torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``L = L_rec + λ_mask L_mask + λ_cl L_cl + L_reg`` of a batch of ``B`` triplets.
+
+        Args:
+            uniq, inv: from :meth:`_batch_nodes`.
+            B, n_neg: the batch's triplets and negatives per triplet.
+            h_full: ``[n, d]`` fused vectors of ``uniq`` without band mask.
+            h_masked: ``[n, d]`` the same under the step's band mask (``None``: no mask).
+            align_slots: positions ``[k]`` in ``uniq`` -> their band slots ``[k, m, M, d]``.
+            reg: the regularisation term, called after the other losses.
+        """
+        def scores(h):
+            x = h[inv]
+            hu, hp, hn = x[:B], x[B:2 * B], x[2 * B:].view(B, n_neg, -1)
+            return (hu * hp).sum(-1), (hu.unsqueeze(1) * hn).sum(-1)
+
+        zero = h_full.new_zeros(())
+        if h_masked is not None:
+            pos_s, neg_s = scores(h_masked)
+            if self.consistency == "representation":
+                l_mask = consistency_loss(h_full, h_masked)
+            else:
+                pf, nf = scores(h_full)
+                l_mask = consistency_loss(torch.cat([pf.unsqueeze(1), nf], 1),
+                                          torch.cat([pos_s.unsqueeze(1), neg_s], 1))
+        else:
+            pos_s, neg_s = scores(h_full)
+            l_mask = zero
+        rec = ranking_loss(pos_s, neg_s, self.loss_kind)
+        l_cl = zero
+        if self.align is not None:
+            items = torch.nonzero(uniq >= self.n_users).flatten()
+            if items.numel() > self.align_items:
+                items = items[torch.randperm(items.numel(), device=items.device)[:self.align_items]]
+            l_cl = self.align(align_slots(items))
+        l_reg = reg()
+        total = rec + self.lambda_mask * l_mask + self.lambda_cl * l_cl + l_reg
+        return {"loss": total, "rec": rec, "mask": l_mask, "align": l_cl, "reg": l_reg}
+
+
+class SSRModel(_SSRObjective, Recommender):
     """The SSR recommender: band decomposition, modulation, G-HSNO fusion and alignment.
 
     Args:
@@ -244,40 +310,17 @@ class SSRModel(Recommender):
 
     def batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
         B, n_neg = neg.shape
-        nodes = torch.cat([users, pos + self.n_users, neg.flatten() + self.n_users])
-        uniq, inv = torch.unique(nodes, return_inverse=True)
+        uniq, inv = self._batch_nodes(users, pos, neg)
         raw = self.slots(uniq)                                   # [n, m, M, d]
         alpha = self.reliability.alpha                           # [m, M]
         h_full = self.fuse(raw, alpha)
-
-        def scores(h):
-            x = h[inv]
-            hu, hp, hn = x[:B], x[B:2 * B], x[2 * B:].view(B, n_neg, -1)
-            return (hu * hp).sum(-1), (hu.unsqueeze(1) * hn).sum(-1)
-
-        zero = h_full.new_zeros(())
+        h_masked = None
         if self.mask.active:
             z = self.mask.sample(alpha.device, alpha.dtype)      # [M], shared by modalities
-            h = self.fuse(raw, alpha * z)
-            pos_s, neg_s = scores(h)
-            if self.consistency == "representation":
-                l_mask = consistency_loss(h_full, h)
-            else:
-                pf, nf = scores(h_full)
-                l_mask = consistency_loss(torch.cat([pf.unsqueeze(1), nf], 1),
-                                          torch.cat([pos_s.unsqueeze(1), neg_s], 1))
-        else:
-            pos_s, neg_s = scores(h_full)
-            l_mask = zero
-        rec = ranking_loss(pos_s, neg_s, self.loss_kind)
-        l_cl = zero
-        if self.align is not None:
-            items = torch.nonzero(uniq >= self.n_users).flatten()
-            if items.numel() > self.align_items:
-                pick = torch.randperm(items.numel(), device=items.device)[:self.align_items]
-                items = items[pick]
-            l_cl = self.align(raw[items])
-        sq = raw.pow(2).sum(dim=(1, 2, 3))[inv]
-        l_reg = self.reg * (sq[:B] + sq[B:2 * B] + sq[2 * B:].view(B, n_neg).mean(1)).mean() / 2
-        total = rec + self.lambda_mask * l_mask + self.lambda_cl * l_cl + l_reg
-        return {"loss": total, "rec": rec, "mask": l_mask, "align": l_cl, "reg": l_reg}
+            h_masked = self.fuse(raw, alpha * z)
+
+        def reg():
+            return self.reg * self._triplet_mean(raw.pow(2).sum(dim=(1, 2, 3)), inv, B, n_neg) / 2
+
+        return self._objective(uniq, inv, B, n_neg, h_full, h_masked, lambda items: raw[items],
+                               reg)

@@ -2,32 +2,50 @@
 
 A checkpoint is one ``torch.save`` file holding the model and optimiser states, the RNG
 states (torch, the sampler's numpy generator), the completed epoch, the early-stopping
-state and the run's configuration. It is written to a temporary file in the same folder
-and moved into place with ``os.replace``, so an interrupted write never leaves a torn file.
+state and the run's configuration. It is written with :func:`atomic_write` — to a temporary
+file in the same folder, synced and moved into place with ``os.replace`` — so an interrupted
+write never leaves a torn file (the band store's ``meta.json`` and the pipeline's
+``metrics.json`` are written the same way).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import IO, Any, Dict, Iterator, Union
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "config_diff"]
+__all__ = ["save_checkpoint", "load_checkpoint", "config_diff", "atomic_write"]
 
 PathLike = Union[str, os.PathLike]
 
 
-def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file + ``os.replace``)."""
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` that replaces ``path`` only when the block ends
+    without an exception (after a flush and ``fsync``); otherwise the temporary file is
+    removed and ``path`` is left as it was.
+
+    Args:
+        path: the file to write; its folder must exist.
+        mode: ``"wb"`` (binary) or ``"w"`` (text).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_write(p, "w") as fh:
+        ...     _ = fh.write("done")
+        >>> p.read_text()
+        'done'
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
+        with os.fdopen(fd, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -35,6 +53,14 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (:func:`atomic_write`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as fh:
+        torch.save(state, fh)
     return path
 
 

@@ -31,7 +31,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -46,7 +46,7 @@ from ..metrics import RankingResult, full_ranking
 from .checkpoint import load_checkpoint, save_checkpoint
 from .sampling import BPRSampler
 from .stored_model import StoredSSR
-from .trainer import TrainResult
+from .trainer import TrainResult, _EarlyStopping, _run_identity
 
 __all__ = ["LargeConfig", "LargeTrainer", "Interrupted"]
 
@@ -106,11 +106,7 @@ class LargeConfig:
 
     def identity(self) -> Dict:
         """The settings that define the run (a checkpoint must match them to resume)."""
-        d = asdict(self)
-        for k in ("epochs", "patience", "quiet", "checkpoint_every"):
-            d.pop(k)
-        d["ks"] = list(d["ks"])
-        return d
+        return _run_identity(self, ("epochs", "patience", "quiet", "checkpoint_every"))
 
 
 def _step_seed(*parts: int) -> int:
@@ -143,7 +139,7 @@ class _Signals:
         return False
 
 
-class LargeTrainer:
+class LargeTrainer(_EarlyStopping):
     """Train a :class:`~ssr_engine.train.stored_model.StoredSSR` with constant-cost steps.
 
     Args:
@@ -364,9 +360,7 @@ class LargeTrainer:
 
         Every process ranks its share of the users; the per-user metrics are gathered.
         """
-        truth = {"valid": self.valid_m, "test": self.test_m}.get(split)
-        if truth is None:
-            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        truth = self._truth(split)
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
         if self.eval_users is not None:
             users = np.intersect1d(users, self.eval_users)
@@ -428,38 +422,14 @@ class LargeTrainer:
                     t0 = time.perf_counter()
                     loss = self.train_epoch(signals)
                     t_train += time.perf_counter() - t0
-                    if not np.isfinite(loss):
-                        raise FloatingPointError(f"training loss became {loss} at epoch "
-                                                 f"{self.epoch}; lower the learning rate")
-                    if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                        t0 = time.perf_counter()
-                        valid = self.evaluate("valid").summary()
-                        t_eval += time.perf_counter() - t0
-                        score = valid[cfg.valid_metric]
-                        self.history.append({"epoch": self.epoch, "loss": loss,
-                                             cfg.valid_metric: score})
-                        if score > self.best["metric"]:
-                            self.best = {"metric": score, "epoch": self.epoch, "valid": valid,
-                                         "state": {k: v.detach().clone() for k, v in
-                                                   self.model.state_dict().items()}}
-                            self.bad_evals = 0
-                        else:
-                            self.bad_evals += 1
-                        bar.set_postfix(loss=f"{loss:.4f}", valid=f"{score:.4f}",
-                                        best=f"{self.best['metric']:.4f}@{self.best['epoch']}")
+                    t_eval += self._after_epoch(loss, bar)
                     bar.update(1)
                     self.save()
         finally:
             bar.close()
-        if self.best["state"] is None:
-            raise RuntimeError("no validation evaluation was run (epochs < eval_every?)")
-        self.model.load_state_dict(self.best["state"])
+        self._load_best()
         t0 = time.perf_counter()
         test = self.evaluate("test")
         t_eval += time.perf_counter() - t0
         self.test_result = test
-        return TrainResult(best_epoch=self.best["epoch"], valid=self.best["valid"],
-                           test=test.summary(), test_cold=test.summary(self.cold),
-                           epochs_run=self.epoch, epochs_this_call=self.epoch - first,
-                           train_seconds=t_train, eval_seconds=t_eval,
-                           history=list(self.history))
+        return self._result(test, first, t_train, t_eval)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch.distributed as dist
 
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
+from .checkpoint import atomic_write
 from .large import LargeConfig, LargeTrainer
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
@@ -171,18 +171,6 @@ def _threads(requested: Optional[int]) -> int:
     return int(requested) if requested else 1
 
 
-def _atomic_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
     """Run the large-scale pipeline; returns (and writes to ``out/metrics.json``) the report.
 
@@ -313,7 +301,8 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         "wall_seconds": time.perf_counter() - t_start, "history": res.history,
         "command": " ".join(sys.argv)}
     if rank == 0:
-        _atomic_text(json.dumps(report, indent=1), out / "metrics.json")
+        with atomic_write(out / "metrics.json", "w") as fh:
+            fh.write(json.dumps(report, indent=1))
         keys = ("best_epoch", "valid", "test", "test_cold", "seconds_per_epoch",
                 "wall_seconds")
         log(json.dumps({k: report[k] for k in keys}, indent=1))

@@ -20,12 +20,13 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 import torch
+
+from .checkpoint import atomic_write
 
 __all__ = ["BandStore", "BandWriter", "store_nbytes", "check_space"]
 
@@ -70,17 +71,8 @@ def _gb(n: float) -> str:
 
 
 def _atomic_json(obj: Dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as fh:
+        json.dump(obj, fh, indent=1)
 
 
 def _no_space(root: Path, need: int, free: int, cause: Optional[BaseException] = None) -> OSError:

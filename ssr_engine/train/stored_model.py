@@ -39,15 +39,15 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from ..nn import (BandMask, BandReliability, CPFusion, SkipCPFusion, SpectralInfoNCE, SumFusion,
-                  consistency_loss)
-from ..nn.recommender import Recommender, ranking_loss
+from ..nn import BandMask, BandReliability, CPFusion, SkipCPFusion, SpectralInfoNCE, SumFusion
+from ..nn.model import _SSRObjective
+from ..nn.recommender import Recommender
 from .store import BandStore
 
 __all__ = ["StoredSSR"]
 
 
-class StoredSSR(Recommender):
+class StoredSSR(_SSRObjective, Recommender):
     """The SSR recommender on precomputed, stored band features.
 
     Args:
@@ -265,46 +265,25 @@ class StoredSSR(Recommender):
 
     def batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
         B, n_neg = neg.shape
-        nodes = torch.cat([users, pos + self.n_users, neg.flatten() + self.n_users])
-        uniq, inv = torch.unique(nodes, return_inverse=True)
+        uniq, inv = self._batch_nodes(users, pos, neg)
         rows = self._rows(uniq)
         alpha = self.reliability.alpha                                       # [m, M]
         z = self.mask.sample(alpha.device, alpha.dtype) if self.mask.active else None
         mixes = self._mix(rows, uniq, alpha, masks=() if z is None else (z,))
         h_full = self._finish(mixes[0])
+        h_masked = self._finish(mixes[1]) if z is not None else None          # band mask
 
-        def scores(h):
-            x = h[inv]
-            hu, hp, hn = x[:B], x[B:2 * B], x[2 * B:].view(B, n_neg, -1)
-            return (hu * hp).sum(-1), (hu.unsqueeze(1) * hn).sum(-1)
+        def align_slots(items):
+            return self._slots({k: v[items] for k, v in rows.items()}, uniq[items])
 
-        zero = h_full.new_zeros(())
-        if z is not None:                                                    # band mask
-            h = self._finish(mixes[1])
-            pos_s, neg_s = scores(h)
-            if self.consistency == "representation":
-                l_mask = consistency_loss(h_full, h)
-            else:
-                pf, nf = scores(h_full)
-                l_mask = consistency_loss(torch.cat([pf.unsqueeze(1), nf], 1),
-                                          torch.cat([pos_s.unsqueeze(1), neg_s], 1))
-        else:
-            pos_s, neg_s = scores(h_full)
-            l_mask = zero
-        rec = ranking_loss(pos_s, neg_s, self.loss_kind)
-        l_cl = zero
-        if self.align is not None:
-            items = torch.nonzero(uniq >= self.n_users).flatten()
-            if items.numel() > self.align_items:
-                items = items[torch.randperm(items.numel(), device=items.device)[:self.align_items]]
-            l_cl = self.align(self._slots({k: v[items] for k, v in rows.items()}, uniq[items]))
-        l_reg = sum(p.pow(2).sum() for p in self.proj.parameters())
-        if self.residual is not None:
-            sq = self.residual(uniq.to(self.device)).pow(2).sum(-1)[inv]
-            l_reg = l_reg + (sq[:B] + sq[B:2 * B] + sq[2 * B:].view(B, n_neg).mean(1)).mean() / 2
-        l_reg = self.reg * l_reg
-        total = rec + self.lambda_mask * l_mask + self.lambda_cl * l_cl + l_reg
-        return {"loss": total, "rec": rec, "mask": l_mask, "align": l_cl, "reg": l_reg}
+        def reg():
+            l_reg = sum(p.pow(2).sum() for p in self.proj.parameters())
+            if self.residual is not None:
+                sq = self.residual(uniq.to(self.device)).pow(2).sum(-1)
+                l_reg = l_reg + self._triplet_mean(sq, inv, B, n_neg) / 2
+            return self.reg * l_reg
+
+        return self._objective(uniq, inv, B, n_neg, h_full, h_masked, align_slots, reg)
 
 
 def _fuse_from_mix(C: torch.Tensor, Q: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:

@@ -73,11 +73,17 @@ class TrainConfig:
 
     def identity(self) -> Dict:
         """The settings that define the run (a checkpoint must match them to resume)."""
-        d = asdict(self)
-        for k in ("epochs", "patience", "quiet", "eval_block"):
-            d.pop(k)
-        d["ks"] = list(d["ks"])
-        return d
+        return _run_identity(self, ("epochs", "patience", "quiet", "eval_block"))
+
+
+def _run_identity(config, volatile: Sequence[str]) -> Dict:
+    """The fields of a training config dataclass that define a run: all but ``volatile``
+    (settings a resumed run may change), with ``ks`` as a list (as a saved config has it)."""
+    d = asdict(config)
+    for k in volatile:
+        d.pop(k)
+    d["ks"] = list(d["ks"])
+    return d
 
 
 @dataclass
@@ -115,7 +121,63 @@ def _fingerprint(ds: Dataset) -> Dict:
             "train_crc32": int(zlib.crc32(keys.tobytes()))}
 
 
-class Trainer:
+class _EarlyStopping:
+    """The validation protocol of the trainers (:class:`Trainer`,
+    :class:`~ssr_engine.train.large.LargeTrainer`): after the epochs due, evaluate on
+    validation and keep the best state; at the end, test that state.
+
+    Uses the trainer's ``cfg`` (``epochs``, ``eval_every``, ``valid_metric``), ``model``,
+    ``epoch``, ``valid_m``, ``test_m``, ``cold`` and :meth:`evaluate`; keeps ``history``,
+    ``best`` and ``bad_evals`` (which the trainers' checkpoints save).
+    """
+
+    def _truth(self, split: str):
+        """The interactions of ``split`` (``"valid"`` or ``"test"``)."""
+        truth = {"valid": self.valid_m, "test": self.test_m}.get(split)
+        if truth is None:
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        return truth
+
+    def _after_epoch(self, loss: float, bar) -> float:
+        """Refuse a non-finite mean training ``loss``; when due, evaluate on validation,
+        record it, keep the best state and show it on ``bar``. Returns the seconds spent."""
+        cfg = self.cfg
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at epoch "
+                                     f"{self.epoch}; lower the learning rate")
+        if not (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
+            return 0.0
+        t0 = time.perf_counter()
+        valid = self.evaluate("valid").summary()
+        seconds = time.perf_counter() - t0
+        score = valid[cfg.valid_metric]
+        self.history.append({"epoch": self.epoch, "loss": loss, cfg.valid_metric: score})
+        if score > self.best["metric"]:
+            self.best = {"metric": score, "epoch": self.epoch, "valid": valid,
+                         "state": {k: v.detach().clone() for k, v in
+                                   self.model.state_dict().items()}}
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
+        bar.set_postfix(loss=f"{loss:.4f}", valid=f"{score:.4f}",
+                        best=f"{self.best['metric']:.4f}@{self.best['epoch']}")
+        return seconds
+
+    def _load_best(self) -> None:
+        if self.best["state"] is None:
+            raise RuntimeError("no validation evaluation was run (epochs < eval_every?)")
+        self.model.load_state_dict(self.best["state"])
+
+    def _result(self, test: RankingResult, first_epoch: int, train_seconds: float,
+                eval_seconds: float) -> TrainResult:
+        return TrainResult(best_epoch=self.best["epoch"], valid=self.best["valid"],
+                           test=test.summary(), test_cold=test.summary(self.cold),
+                           epochs_run=self.epoch, epochs_this_call=self.epoch - first_epoch,
+                           train_seconds=train_seconds, eval_seconds=eval_seconds,
+                           history=list(self.history))
+
+
+class Trainer(_EarlyStopping):
     """Train a :class:`~ssr_engine.nn.Recommender` on a :class:`~ssr_engine.data.Dataset`.
 
     Args:
@@ -201,9 +263,7 @@ class Trainer:
         Training items are masked in both cases (MMRec's convention); users without
         interactions in the split are skipped.
         """
-        truth = {"valid": self.valid_m, "test": self.test_m}.get(split)
-        if truth is None:
-            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        truth = self._truth(split)
         was = self.model.training
         self.model.eval()
         try:
@@ -241,36 +301,12 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss = self.train_epoch()
                 t_train += time.perf_counter() - t0
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss} at epoch "
-                                             f"{self.epoch}; lower the learning rate")
-                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                    t0 = time.perf_counter()
-                    valid = self.evaluate("valid").summary()
-                    t_eval += time.perf_counter() - t0
-                    score = valid[cfg.valid_metric]
-                    self.history.append({"epoch": self.epoch, "loss": loss,
-                                         cfg.valid_metric: score})
-                    if score > self.best["metric"]:
-                        self.best = {"metric": score, "epoch": self.epoch, "valid": valid,
-                                     "state": {k: v.detach().clone() for k, v in
-                                               self.model.state_dict().items()}}
-                        self.bad_evals = 0
-                    else:
-                        self.bad_evals += 1
-                    bar.set_postfix(loss=f"{loss:.4f}", valid=f"{score:.4f}",
-                                    best=f"{self.best['metric']:.4f}@{self.best['epoch']}")
+                t_eval += self._after_epoch(loss, bar)
                 bar.update(1)
                 if self.checkpoint is not None:
                     save_checkpoint(self._state(), self.checkpoint)
         finally:
             bar.close()
-        if self.best["state"] is None:
-            raise RuntimeError("no validation evaluation was run (epochs < eval_every?)")
-        self.model.load_state_dict(self.best["state"])
+        self._load_best()
         test = self.evaluate("test")
-        return TrainResult(best_epoch=self.best["epoch"], valid=self.best["valid"],
-                           test=test.summary(), test_cold=test.summary(self.cold),
-                           epochs_run=self.epoch, epochs_this_call=self.epoch - first_epoch,
-                           train_seconds=t_train, eval_seconds=t_eval,
-                           history=list(self.history))
+        return self._result(test, first_epoch, t_train, t_eval)

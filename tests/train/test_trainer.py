@@ -7,6 +7,7 @@ import ssr_engine
 from ssr_engine.data import Dataset, synthetic_dataset
 from ssr_engine.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint, \
     seed_everything
+from ssr_engine.train.checkpoint import atomic_write
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,18 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
         save_checkpoint({"config": {"a": 1}, "v": lambda: 0}, p)  # not picklable
     assert load_checkpoint(p, {"a": 1})["v"] == 1
     assert [f.name for f in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    p = tmp_path / "m.json"
+    with atomic_write(p, "w") as fh:
+        fh.write("old")
+    with pytest.raises(RuntimeError, match="mid-write"):
+        with atomic_write(p, "w") as fh:
+            fh.write("new, half written")
+            raise RuntimeError("mid-write")
+    assert p.read_text() == "old"
+    assert [f.name for f in tmp_path.iterdir()] == ["m.json"]
 
 
 def test_split_without_validation_is_refused():
