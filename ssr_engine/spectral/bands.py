@@ -4,10 +4,13 @@
 frequency bands of the normalised Laplacian ``L`` whose edges share the energy of the
 fitted signal, by one of three methods:
 
-* ``"exact"`` — the full spectrum from a dense SVD of the bipartite block
-  ``R̃ = P Σ Qᵀ`` (eigenpairs ``1 ∓ σ_j``, ``[p_j; ±q_j]/√2``; the remaining null space sits
-  at ``λ = 1``); ideal (indicator) bands. The reference; graphs whose smaller side is at
-  most ``exact_max``.
+* ``"exact"`` — the full spectrum of the bipartite block ``R̃ = P Σ Qᵀ`` (eigenpairs
+  ``1 ∓ σ_j``, ``[p_j; ±q_j]/√2``; the remaining null space sits at ``λ = 1``); ideal
+  (indicator) bands. The reference. Graphs whose smaller side is at most ``exact_max`` take a
+  dense SVD of ``R̃``; larger ones the memory-lean Gram route: a dense eigendecomposition of
+  the smaller side's Gram matrix (``R̃ᵀR̃`` or ``R̃R̃ᵀ``), keeping only that side's
+  singular vectors and reaching the other side through the sparse ``R̃``. Refused when its
+  memory estimate (:func:`exact_memory_estimate`) exceeds the budget ``exact_memory``.
 * ``"eigen"`` — a partial eigenbasis (:func:`ssr_engine.graph_eigs`, low end and its
   bipartite mirror at the high end): covered eigenvectors are split into bands by their exact
   energies; whatever the basis does not cover is the residual ``X − Σ covered``, its own
@@ -21,8 +24,9 @@ For every method the band signals sum back to ``X`` (partition of unity).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,7 +37,7 @@ from .. import ops
 from .filters import band_coefficients
 from .kpm import ATOM_MIN_MOMENTS, Atom, kpm_atoms, kpm_density, kpm_moments
 
-__all__ = ["SpectralBands", "Spectrum"]
+__all__ = ["SpectralBands", "Spectrum", "exact_memory_estimate"]
 
 Device = Union[str, torch.device, None]
 METHODS = ("auto", "exact", "eigen", "chebyshev")
@@ -44,6 +48,58 @@ UNIFORM_ORDER = 64
 DEFAULT_K = 64
 # "auto" takes the exact method while the dense bipartite block has at most this many entries.
 AUTO_EXACT_ENTRIES = 1 << 24
+# Default memory budget of method="exact": this fraction of the device's memory.
+EXACT_MEMORY_FRACTION = 0.5
+# Gram route: basis columns formed or multiplied at a time when synthesising band signals.
+GRAM_CHUNK = 1024
+
+
+def exact_memory_estimate(n_users: int, n_items: int, exact_max: int = 8000) -> Tuple[int, str]:
+    """Peak memory of ``method="exact"`` on a bipartite graph, and the route it takes.
+
+    * smaller side ``s ≤ exact_max`` — dense SVD of ``R̃`` (``n_u × n_i``): the matrix, its
+      factors and the SVD workspace, about ``8 · (3 n_u n_i + 4 s²)`` bytes;
+    * otherwise — the Gram route: the dense ``s × s`` Gram matrix and its eigenvectors (LAPACK
+      ``syevr`` overwrites the matrix and needs ``O(s)`` workspace), about
+      ``8 · (2 s² + 64 (n_u + n_i))`` bytes.
+
+    Args:
+        n_users: number of users ``n_u``.
+        n_items: number of items ``n_i``.
+        exact_max: largest smaller side that takes the dense SVD.
+
+    Returns:
+        ``(bytes, route)`` with ``route`` ``"svd"`` or ``"gram"``.
+
+    Example:
+        >>> from ssr_engine.spectral import exact_memory_estimate
+        >>> b, route = exact_memory_estimate(39387, 23033)
+        >>> route, round(b / 2**30, 1)
+        ('gram', 7.9)
+    """
+    s = min(int(n_users), int(n_items))
+    if s <= exact_max:
+        return 8 * (3 * int(n_users) * int(n_items) + 4 * s * s), "svd"
+    return 8 * (2 * s * s + 64 * (int(n_users) + int(n_items))), "gram"
+
+
+def _device_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+@dataclass
+class _GramBasis:
+    """Exact basis of the Gram route: one side's singular vectors ``V [n_s, r]`` (the smaller
+    side; ``items`` tells which), ``σ [r]`` (ascending, all above the numerical floor) and
+    the sparse ``R̃`` operator that reaches the other side (``P = R̃ Q Σ⁻¹`` or
+    ``Q = R̃ᵀ P Σ⁻¹``)."""
+
+    items: bool
+    V: torch.Tensor
+    sigma: torch.Tensor
+    R: object
 
 
 @dataclass
@@ -83,8 +139,13 @@ class SpectralBands:
         balance: ``"filter"`` (balance the damped filters' energies) or ``"quantile"``
             (quantiles of the KPM cumulative energy) for ``"chebyshev"``.
         min_width: smallest band width in ``θ`` (``"chebyshev"``; default ``π/K``).
-        exact_max: largest smaller side ``min(n_users, n_items)`` for ``"exact"`` (its
-            dense SVD takes ``8 · n_users · n_items`` bytes and ``O(n_u n_i min)`` time).
+        exact_max: largest smaller side ``min(n_users, n_items)`` for which ``"exact"``
+            takes the dense SVD of ``R̃`` (``8 · n_users · n_items`` bytes, ``O(n_u n_i
+            min)`` time); above it ``"exact"`` takes the Gram route (dense eigendecomposition
+            of the smaller side's ``s × s`` Gram matrix: ``16 s²`` bytes, ``O(s³)`` time —
+            about 15 minutes for ``s = 23 000`` on 2 cores).
+        exact_memory: memory budget of ``"exact"`` in bytes (default: half the memory of
+            the device); a graph whose :func:`exact_memory_estimate` exceeds it is refused.
         atom_min: smallest reported (and, for ``"chebyshev"``, edge-guarded) atom, as a
             fraction of the energy.
         tol: eigensolver tolerance for ``"eigen"`` (default: the solver's).
@@ -122,7 +183,8 @@ class SpectralBands:
                  dtype: torch.dtype = torch.float32, device: Device = None, *,
                  delta: float = 0.01, balance: str = "filter",
                  min_width: Optional[float] = None, exact_max: int = 8000,
-                 atom_min: float = 0.02, tol: Optional[float] = None, backend: str = "auto"):
+                 exact_memory: Optional[int] = None, atom_min: float = 0.02,
+                 tol: Optional[float] = None, backend: str = "auto"):
         if not isinstance(graph, InteractionGraph):
             raise TypeError(f"graph must be an ssr_engine.InteractionGraph, got "
                             f"{type(graph).__name__}")
@@ -154,12 +216,23 @@ class SpectralBands:
             self.method_ = "exact" if small else ("eigen" if k is not None else "chebyshev")
         else:
             self.method_ = method
-        if self.method_ == "exact" and min(nu, ni) > self.exact_max:
-            raise ValueError(f"method='exact' needs a dense SVD of the {nu}x{ni} bipartite "
-                             f"block of this N={N}-node graph; its smaller side "
-                             f"{min(nu, ni)} exceeds exact_max={self.exact_max}. Use "
-                             "method='chebyshev' (any size) or method='eigen' (partial "
-                             "basis), or raise exact_max")
+        if self.method_ == "exact":
+            need, route = exact_memory_estimate(nu, ni, self.exact_max)
+            budget = (int(EXACT_MEMORY_FRACTION * _device_memory(self.device))
+                      if exact_memory is None else int(exact_memory))
+            if need > budget:
+                what = (f"a dense SVD of the {nu}x{ni} bipartite block" if route == "svd" else
+                        f"a dense eigendecomposition of the {min(nu, ni)}x{min(nu, ni)} "
+                        "Gram matrix of its smaller side")
+                raise ValueError(f"method='exact' on this N={N}-node graph ({nu} users x "
+                                 f"{ni} items) needs {what}: about {need / 2**30:.1f} GiB, "
+                                 f"more than the budget exact_memory={budget / 2**30:.1f} GiB "
+                                 f"(exact_max={self.exact_max}). Use method='chebyshev' (any "
+                                 "size) or method='eigen' (partial basis), or raise "
+                                 "exact_memory on a machine that has the memory")
+            self._route = route
+        else:
+            self._route = None
         self.edges: Optional[torch.Tensor] = None
         self.order_: Optional[int] = None
         self.shares_: Optional[torch.Tensor] = None
@@ -292,7 +365,9 @@ class SpectralBands:
         # rest of the space (N − 2r dimensions) is R̃'s null space, at λ = 1.
         # eigen: a partial eigenbasis (w [k], V [N, k]) from graph_eigs.
         if self._basis is None:
-            if self.method_ == "exact":
+            if self.method_ == "exact" and self._route == "gram":
+                self._basis = self._gram_basis()
+            elif self.method_ == "exact":
                 rt = torch.from_numpy(self.graph.normalized_bipartite_scipy().toarray())
                 P, s, Vh = torch.linalg.svd(rt.to(self.device), full_matrices=False)
                 s = s.clamp(0.0, 1.0)
@@ -308,11 +383,66 @@ class SpectralBands:
                                V.to(torch.float64))
         return self._basis
 
+    def _gram_basis(self):
+        # The smaller side's Gram matrix G = R̃ᵀR̃ (or R̃R̃ᵀ) = V Σ² Vᵀ, dense in float64. Its
+        # eigenvalues σ² carry an absolute error of about s·eps (‖G‖ = 1), so σ² at or below
+        # that floor cannot be told from 0: those directions join R̃'s null space at λ = 1
+        # (the residual), as do all directions of the larger side outside P or Q.
+        g = self.graph
+        items = g.n_items <= g.n_users
+        rt = g.normalized_bipartite_scipy()
+        G = (rt.T @ rt) if items else (rt @ rt.T)
+        n = G.shape[0]
+        floor = n * float(np.finfo(np.float64).eps)
+        if self.device.type == "cuda":
+            Gd = torch.from_numpy(G.toarray()).to(self.device)
+            del G
+            s2, V = torch.linalg.eigh(Gd)
+            del Gd
+            first = int((s2 <= floor).sum())
+            s2, V = s2[first:], V[:, first:]
+        else:
+            import scipy.linalg
+            A = G.toarray()
+            del G
+            # G is symmetric, so A and A.T are the same matrix: hand LAPACK (syevr) the one
+            # in Fortran order, which it overwrites in place instead of copying (peak: the
+            # matrix and its eigenvectors, 2 s² floats). Eigenvectors come back in Fortran
+            # order, so the kept (trailing) columns are a contiguous view.
+            s2, Z = scipy.linalg.eigh(A if A.flags.f_contiguous else A.T, overwrite_a=True,
+                                      check_finite=False, driver="evr")
+            del A
+            first = int(np.searchsorted(s2, floor, side="right"))
+            s2, V = torch.from_numpy(s2[first:]), torch.from_numpy(Z[:, first:])
+        sigma = s2.clamp(max=1.0).sqrt()
+        s_np = sigma.cpu().numpy()
+        w = np.concatenate([1.0 - s_np, 1.0 + s_np])
+        return w, _GramBasis(items, V, sigma, g.bipartite(torch.float64, self.device))
+
+    def _cols_mm(self, V: torch.Tensor, idx: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``V[:, idx] @ c`` with at most ``GRAM_CHUNK`` columns of ``V`` gathered at a time."""
+        out = torch.zeros(V.shape[0], c.shape[1], dtype=V.dtype, device=V.device)
+        for a in range(0, idx.numel(), GRAM_CHUNK):
+            out.addmm_(V.index_select(1, idx[a:a + GRAM_CHUNK]), c[a:a + GRAM_CHUNK])
+        return out
+
     def _analyse(self, x: torch.Tensor):
         """Coefficients ``C [m, d]`` on the covered basis and the residual ``[N, d]`` (float64)."""
         _, B = self._ensure_basis()
         x = x.to(torch.float64)
-        if self.method_ == "exact":
+        if isinstance(B, _GramBasis):
+            # a = Pᵀx_u, b = Qᵀx_i with the stored side's vectors V and the other side's
+            # reached through R̃: P = R̃ Q Σ⁻¹ (items stored) or Q = R̃ᵀ P Σ⁻¹ (users stored).
+            nu, V, s = self.graph.n_users, B.V, B.sigma[:, None]
+            xu, xi = x[:nu], x[nu:]
+            if B.items:
+                a, b = (V.T @ (B.R.T @ xu)) / s, V.T @ xi
+                resid = torch.cat([xu - B.R @ (V @ (a / s)), xi - V @ b])
+            else:
+                a, b = V.T @ xu, (V.T @ (B.R @ xi)) / s
+                resid = torch.cat([xu - V @ a, xi - B.R.T @ (V @ (b / s))])
+            C = torch.cat([a + b, a - b]) / math.sqrt(2.0)
+        elif self.method_ == "exact":
             P, Q = B
             nu = self.graph.n_users
             a, b = P.T @ x[:nu], Q.T @ x[nu:]
@@ -326,7 +456,22 @@ class SpectralBands:
     def _synthesise(self, C: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> None:
         """``out = Σ_{j ∈ idx} v_j C[j]`` for covered basis vectors ``v_j`` (float64)."""
         _, B = self._ensure_basis()
-        if self.method_ == "exact":
+        if isinstance(B, _GramBasis):
+            # Pair j is [p_j; ±q_j]/√2: users get P[:, +] c₊ + P[:, −] c₋, items
+            # Q[:, +] c₊ − Q[:, −] c₋; the side not stored is R̃ (or R̃ᵀ) applied to the
+            # stored side's vectors scaled by Σ⁻¹. Columns are gathered in chunks.
+            r, nu, V, s = B.V.shape[1], self.graph.n_users, B.V, B.sigma[:, None]
+            plus, minus = idx[idx < r], idx[idx >= r] - r
+            cp, cm = C[plus] / math.sqrt(2.0), C[minus + r] / math.sqrt(2.0)
+            if B.items:
+                out[nu:] = self._cols_mm(V, plus, cp) - self._cols_mm(V, minus, cm)
+                out[:nu] = B.R @ (self._cols_mm(V, plus, cp / s[plus])
+                                  + self._cols_mm(V, minus, cm / s[minus]))
+            else:
+                out[:nu] = self._cols_mm(V, plus, cp) + self._cols_mm(V, minus, cm)
+                out[nu:] = B.R.T @ (self._cols_mm(V, plus, cp / s[plus])
+                                    - self._cols_mm(V, minus, cm / s[minus]))
+        elif self.method_ == "exact":
             P, Q = B
             r, nu = P.shape[1], self.graph.n_users
             plus, minus = idx[idx < r], idx[idx >= r] - r

@@ -6,6 +6,7 @@ import torch
 import ssr_engine
 import ssr_engine.linalg
 from ssr_engine import EigResult, InteractionGraph, SpectralBands
+from ssr_engine.data import synthetic_dataset
 from ssr_engine.spectral import filter_response
 from tolerances import tol
 
@@ -167,6 +168,68 @@ def test_spectrum(ml, exact_ml, method):
     assert len(near_one) == 1 and near_one[0].fraction == pytest.approx(0.363, abs=0.05)
 
 
+@pytest.mark.parametrize("case, dtype", [("ml", torch.float64), ("small_wide", torch.float64),
+                                         ("small_wide", torch.float32),
+                                         ("small_tall", torch.float64),
+                                         ("small_tall", torch.float32)])
+def test_exact_gram_route_matches_svd(ml, exact_ml, small, case, dtype):
+    """The Gram route (smaller side above exact_max) against the dense-SVD route."""
+    svd = None
+    if case == "ml":              # 943 users < 1682 items: user-side Gram, 739-dim atom
+        graph, X = ml.graph, ml.signals["text"]
+        svd = exact_ml(dtype).fit(X)
+    elif case == "small_tall":    # 240 users > 150 items: item-side Gram
+        graph, X = small.graph, small.signals["image"]
+    else:                         # 150 users < 240 items
+        ds = synthetic_dataset(150, 240, 2400, modalities={"image": 5}, seed=4)
+        graph = ds.train_graph()
+        X = graph.node_signal(ds.features["image"].astype(np.float64))
+    if svd is None:
+        svd = SpectralBands(graph, 4, method="exact", dtype=dtype).fit(X)
+    gram = SpectralBands(graph, 4, method="exact", dtype=dtype, exact_max=10).fit(X)
+    assert svd._route == "svd" and gram._route == "gram"
+    t = tol(torch.float64)  # both fit in float64 whatever the bands' dtype
+    np.testing.assert_allclose(gram.edges.numpy(), svd.edges.numpy(), atol=t)
+    np.testing.assert_allclose(gram.shares_.numpy(), svd.shares_.numpy(), atol=t)
+    assert [round(a.lam, 8) for a in gram.atoms_] == [round(a.lam, 8) for a in svd.atoms_]
+    np.testing.assert_allclose([a.fraction for a in gram.atoms_],
+                               [a.fraction for a in svd.atoms_], atol=t)
+    Ys, Yg = svd.transform(X), gram.transform(X)
+    x = X.to(dtype)
+    assert float((Yg - Ys).norm() / x.norm()) <= tol(dtype)
+    assert _unity_error(gram, X) <= tol(dtype, "unity")
+    np.testing.assert_allclose(gram.energy(X).numpy(), svd.energy(X).numpy(), atol=tol(dtype))
+    sg, ss = gram.spectrum(X, grid=200), svd.spectrum(X, grid=200)
+    np.testing.assert_allclose(sg.density.numpy(), ss.density.numpy(), atol=1e-8)
+    Ys, Yg = svd.fit_uniform().transform(X), gram.fit_uniform().transform(X)
+    assert float((Yg - Ys).norm() / x.norm()) <= tol(dtype)
+
+
+def test_exact_gram_bands_are_spectral_projections(small):
+    """Gram-route bands against the dense eigendecomposition of L (independent reference)."""
+    X = small.signals["image"]
+    sb = SpectralBands(small.graph, 4, method="exact", dtype=torch.float64, exact_max=10).fit(X)
+    Y = sb.transform(X).numpy()
+    band = np.searchsorted(sb.edges.numpy()[1:-1], small.w, side="right")
+    for b in range(4):
+        Ub = small.U[:, band == b]
+        want = Ub @ (Ub.T @ X.numpy())
+        assert np.linalg.norm(Y[b] - want) <= tol(torch.float64) * np.linalg.norm(X.numpy())
+    e = small.energies("image")
+    np.testing.assert_allclose(sb.shares_.numpy(),
+                               np.bincount(band, weights=e, minlength=4) / e.sum(),
+                               atol=tol(torch.float64))
+
+
+def test_exact_memory_estimate():
+    from ssr_engine.spectral import exact_memory_estimate
+    assert exact_memory_estimate(943, 1682) == (8 * (3 * 943 * 1682 + 4 * 943 ** 2), "svd")
+    # Amazon Clothing: the Gram route on the 23,033 items, about 8 GB.
+    b, route = exact_memory_estimate(39387, 23033)
+    assert route == "gram" and b == 8 * (2 * 23033 ** 2 + 64 * (39387 + 23033))
+    assert exact_memory_estimate(39387, 23033, exact_max=30000)[1] == "svd"
+
+
 def test_auto_method():
     rng = np.random.default_rng(0)
     u, i = rng.integers(0, 5000, 20000), rng.integers(0, 4000, 20000)
@@ -183,8 +246,11 @@ def test_errors(ml):
         SpectralBands(g, 0)
     with pytest.raises(ValueError, match="method"):
         SpectralBands(g, 4, method="lanczos")
-    with pytest.raises(ValueError, match=r"N=2625.*exact_max=500.*chebyshev"):
-        SpectralBands(g, 4, method="exact", exact_max=500)
+    with pytest.raises(ValueError, match=r"N=2625.*943x1682 bipartite block.*GiB.*"
+                                         r"exact_memory=0\.0 GiB.*chebyshev"):
+        SpectralBands(g, 4, method="exact", exact_memory=10**6)
+    with pytest.raises(ValueError, match=r"943x943 Gram matrix.*exact_memory"):
+        SpectralBands(g, 4, method="exact", exact_max=500, exact_memory=10**6)
     with pytest.raises(TypeError, match="InteractionGraph"):
         SpectralBands(X, 4)
     sb = SpectralBands(g, 4, method="chebyshev", order=32)
