@@ -8,6 +8,17 @@ Problems (sizes from bench/sizes.py):
   ARPACK call, since the low end of L is the top of Â), scipy ``svds`` on R̃ (ARPACK on the
   smaller Gram), and — reported with whatever residual they reach in a bounded budget —
   scipy ``lobpcg`` and ``torch.lobpcg`` on the Gram operator R̃ᵀR̃.
+
+  **Same tolerance semantics.** Each ARPACK baseline gets the loosest ``tol`` whose own
+  stopping test already implies the gate (the residual vector is the same, only the scale
+  differs), and is tightened tenfold only if the measured residual still misses the gate:
+  ``eigsh`` on Â stops at ``||Â v - θ v|| <= tol |θ|`` with ``|θ| <= 1`` and
+  ``L v - λ v = -(Â v - θ v)``, so ``tol = 2 * 1e-6`` gives ``||L v - λ v|| / 2 <= 1e-6``;
+  ``svds`` runs ARPACK on the Gram with ``tol**2`` (``||G q - σ² q|| <= tol² σ²``), and the
+  L pair built from it has ``||L v - λ v|| = ||G q - σ² q|| / (σ √2)``, so
+  ``tol = sqrt(2 √2 * 1e-6)`` gives the gate (ours stops on the same Gram residual).
+  Everything runs in one process with the same thread settings (torch and BLAS threads are
+  recorded; scipy's sparse products are single-threaded by design, its BLAS is not).
 * ``synthetic("1M")`` (1M users, 500k items, 20M interactions, graph from all of them),
   k = 64, float32, residual at most 1e-4: ours alone (nothing else finishes in reasonable
   time), with solver time and peak memory.
@@ -36,6 +47,14 @@ from sizes import have_real, real_dataset, synthetic
 K = 64
 BABY_TOL = 1e-6
 SYNTH_TOL = 1e-4
+# Timed runs per ARPACK baseline (best taken), ours takes the best of 5 after a warm-up.
+BASELINE_ROUNDS = {"scipy_eigsh": 1, "scipy_svds": 3}
+
+
+def blas_threads() -> str:
+    """numpy's BLAS thread setting as the environment states it (``default`` = all cores)."""
+    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return ",".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ) or "default"
 
 
 def laplacian_residuals(graph: InteractionGraph, lam: np.ndarray, V: np.ndarray) -> np.ndarray:
@@ -115,23 +134,32 @@ def test_baby_low64_float64(benchmark, baby):
     ours = benchmark.stats.stats.min
     info = {"ours_s": ours, "ours_max_residual": float(ours_res.max()), "k": K,
             "tol": BABY_TOL, "machine": f"{os.cpu_count()} CPUs, torch threads "
-                                       f"{torch.get_num_threads()}"}
+                                       f"{torch.get_num_threads()}, BLAS threads "
+                                       f"{blas_threads()}"}
     ref = np.sort(result.eigenvalues.numpy())
 
-    # The two ARPACK baselines must reach the same residual and spectrum (gates).
-    for name, fn in (("scipy_eigsh", lambda: scipy_eigsh(baby, K, tol=1e-7)),
-                     ("scipy_svds", lambda: scipy_svds(baby, K, tol=1e-7))):
-        (lam, V), secs = timed(fn)
-        res = laplacian_residuals(baby, lam, V)
+    # The two ARPACK baselines must reach the same residual and spectrum (gates), at the
+    # loosest tol that does (module docstring), each timed as the best of BASELINE_ROUNDS.
+    for name, fn, tol in (("scipy_eigsh", scipy_eigsh, 2 * BABY_TOL),
+                          ("scipy_svds", scipy_svds, np.sqrt(2 * np.sqrt(2) * BABY_TOL))):
+        for _ in range(3):
+            runs = [timed(lambda: fn(baby, K, tol)) for _ in range(BASELINE_ROUNDS[name])]
+            (lam, V), _ = runs[-1]
+            res = laplacian_residuals(baby, lam, V)
+            if res.max() <= BABY_TOL:
+                break
+            tol /= 10 if name == "scipy_eigsh" else np.sqrt(10)
         assert res.max() <= BABY_TOL, f"{name} missed the residual: {res.max():.2e}"
         np.testing.assert_allclose(np.sort(lam), ref, atol=10 * BABY_TOL)
+        secs = min(t for _, t in runs)
         info[f"{name}_s"] = secs
+        info[f"{name}_tol"] = float(tol)
         info[f"{name}_max_residual"] = float(res.max())
         info[f"speedup_vs_{name}"] = secs / ours
     # LOBPCG variants on the Gram operator, no preconditioner: bounded budget, reported with
     # the residual they reach (a ratio only when they reach ours).
-    for name, fn in (("scipy_lobpcg", lambda: scipy_lobpcg(baby, K, tol=1e-7, maxiter=300)),
-                     ("torch_lobpcg", lambda: torch_lobpcg(baby, K, tol=1e-7, niter=300))):
+    for name, fn in (("scipy_lobpcg", lambda: scipy_lobpcg(baby, K, tol=BABY_TOL, maxiter=300)),
+                     ("torch_lobpcg", lambda: torch_lobpcg(baby, K, tol=BABY_TOL, niter=300))):
         (lam, V), secs = timed(fn)
         res = laplacian_residuals(baby, lam, V)
         info[f"{name}_s"] = secs

@@ -7,7 +7,7 @@ Two pipelines:
   into a band store under the output folder (Chebyshev filters and KPM edges, or an exact /
   partial eigenbasis), and each training step reads the rows of its batch only — its cost
   does not grow with the graph (:mod:`ssr_engine.train.pipeline`);
-* **in memory** (SSR with ``--approx auto|exact|eigen`` on smaller graphs, and the
+* **in memory** (SSR with ``--approx auto|exact|eigen|lobpcg`` on smaller graphs, and the
   ``lightgcn`` / ``mf`` baselines): the model holds its bands (the ID modality on the full or
   a partial eigenbasis) and trains with :class:`~ssr_engine.train.Trainer`.
 
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modalities", nargs="*", default=None,
                    help="feature modalities to use (default: all; none = ID-only)")
     p.add_argument("--model", choices=("ssr", "lightgcn", "mf"), default="ssr")
-    p.add_argument("--approx", choices=("auto", "exact", "eigen", "chebyshev"),
+    p.add_argument("--approx", choices=("auto", "exact", "eigen", "lobpcg", "chebyshev"),
                    default="auto", help="how SSR computes its bands (auto: exact on small "
                                         "graphs, else chebyshev)")
     p.add_argument("--pipeline", choices=("auto", "stored", "memory"), default="auto",

@@ -65,6 +65,7 @@ def block_lanczos(matmul: MatMul, n: int, k: int, *, threshold: Threshold, maxit
     nq = V.shape[1]
     Q[:, :nq] = V
     j = 0                    # vectors whose products are in H
+    lo = 0                   # start of the vectors the next block is coupled to
     cycle = 0
     while True:
         # -- expand the basis to m vectors ---------------------------------------------------
@@ -74,13 +75,19 @@ def block_lanczos(matmul: MatMul, n: int, k: int, *, threshold: Threshold, maxit
             ref = float(W.norm(dim=0).max())
             project_out(W, defl)
             basis_now = Q[:, :nq]
+            # Two Gram-Schmidt passes: the first only against the vectors W couples to in
+            # exact arithmetic (the previous and current block, and after a restart the
+            # kept Ritz vectors), which removes the large components; the second against
+            # the whole basis removes the rest (rounding, loss of orthogonality).
+            near = Q[:, lo:nq]
+            coef_near = near.mT @ W
+            W.addmm_(near, coef_near, alpha=-1)
             coef = basis_now.mT @ W
-            W.sub_(basis_now @ coef)
-            coef2 = basis_now.mT @ W
-            W.sub_(basis_now @ coef2)
+            W.addmm_(basis_now, coef, alpha=-1)
+            coef[lo:] += coef_near
             # Q's own rounding along the deflated directions spreads through coef: clean up.
             project_out(W, defl)
-            coef = (coef + coef2).double().cpu()
+            coef = coef.double().cpu()
             H[:nq, j:nq] = coef
             H[j:nq, :nq] = coef.mT
             room = min(b, n_eff - nq)
@@ -95,7 +102,7 @@ def block_lanczos(matmul: MatMul, n: int, k: int, *, threshold: Threshold, maxit
             Q[:, nq:nq + bn] = new
             H[nq:nq + bn, j:nq] = B
             H[j:nq, nq:nq + bn] = B.mT
-            j, nq = nq, nq + bn
+            lo, j, nq = j, nq, nq + bn
         # -- Rayleigh–Ritz on the expanded basis ---------------------------------------------
         theta, S = rayleigh_ritz(H[:j, :j])
         theta, S = theta.flip(0), S.flip(1)          # largest first
@@ -120,7 +127,7 @@ def block_lanczos(matmul: MatMul, n: int, k: int, *, threshold: Threshold, maxit
         H[kr:kr + r, :kr] = cpl
         H[:kr, kr:kr + r] = cpl.mT
         Q, Q_next = Q_next, Q
-        j, nq = kr, kr + r
+        lo, j, nq = 0, kr, kr + r
     kw = min(k, j)
     Y = Q[:, :j] @ S[:, :kw].to(device=device, dtype=dtype)
     converged = kw == k and bool((res[:kw] <= threshold(theta[:kw])).all())

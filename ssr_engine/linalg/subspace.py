@@ -55,7 +55,7 @@ def project_out(W: torch.Tensor, against: Sequence[Optional[torch.Tensor]]) -> t
     ``against`` (one classical Gram–Schmidt pass). Returns ``W``."""
     for C in against:
         if C is not None and C.shape[1] and W.shape[1]:
-            W.sub_(C @ (C.mT @ W))
+            W.addmm_(C, C.mT @ W, alpha=-1)
     return W
 
 

@@ -148,8 +148,9 @@ class SSRModel(_SSRObjective, Recommender):
         n_bands: number of bands ``M``.
         dim: embedding size ``d``.
         rank: CP rank ``r`` of the fusion.
-        approx: how the content bands are computed: ``"auto"``, ``"exact"``, ``"eigen"`` or
-            ``"chebyshev"`` (see :class:`~ssr_engine.spectral.SpectralBands`).
+        approx: how the content bands are computed: ``"auto"``, ``"exact"``, ``"eigen"``,
+            ``"lobpcg"`` (``"eigen"`` with the LOBPCG solver) or ``"chebyshev"`` (see
+            :class:`~ssr_engine.spectral.SpectralBands`).
         order: Chebyshev order (``approx="chebyshev"``; default: the bands helper's).
         id_basis: eigenpairs per end of the spectrum for the ID modality; ``None`` picks the
             full basis up to ``FULL_BASIS_MAX_NODES`` nodes and ``DEFAULT_ID_BASIS`` beyond.
@@ -238,8 +239,9 @@ class SSRModel(_SSRObjective, Recommender):
         for name, f in feats.items():
             x = graph.node_signal(reduce_features(f, d0))
             signals[name] = x / x.pow(2).mean().sqrt().clamp_min(1e-12)
-        bands = SpectralBands(graph, n_bands=n_bands, method=approx, order=order,
-                              dtype=torch.float64)
+        method, solver = ("eigen", "lobpcg") if approx == "lobpcg" else (approx, "auto")
+        bands = SpectralBands(graph, n_bands=n_bands, method=method, order=order,
+                              dtype=torch.float64, solver=solver)
         if band_edges == "energy":
             probe = (torch.cat(list(signals.values()), dim=1) if signals else
                      torch.randn(graph.n_nodes, 32, generator=gen, dtype=torch.float64))

@@ -40,21 +40,21 @@ from ..distributed import collective
 from ..graph import InteractionGraph
 from ..graph.partition import PartitionedOperator
 from ..spectral import SpectralBands, band_coefficients, band_edges, band_energies, kpm_atoms
-from ..spectral.bands import AUTO_EXACT_ENTRIES, AUTO_ORDERS
+from ..spectral.bands import AUTO_EXACT_ENTRIES, AUTO_ORDERS, exact_memory_estimate
 from ..spectral.kpm import ATOM_MIN_MOMENTS
 from .store import BandStore, BandWriter, store_nbytes
 
 __all__ = ["APPROX", "BandPlan", "Estimate", "check_feasible", "estimate_cost",
            "id_projection", "reduce_item_features", "precompute_bands", "resolve_approx"]
 
-APPROX = ("auto", "exact", "eigen", "chebyshev")
+APPROX = ("auto", "exact", "eigen", "lobpcg", "chebyshev")
 #: rows per block of the ID projection (fixed: the projection must not depend on the layout).
 ID_BLOCK = 1 << 16
 #: the automatic Chebyshev order tries AUTO_ORDERS up to this.
 MAX_AUTO_ORDER = 64
 #: columns of the random probe whose KPM moments place the edges.
 PROBE_COLS = 16
-#: the largest smaller side of the bipartite block for "exact" (SpectralBands' default).
+#: the largest smaller side for which "auto" picks "exact" (SpectralBands' dense-SVD route).
 EXACT_MAX = 8000
 # Rough machine rates for the estimates (a 2-core CPU; a GPU is far faster).
 _SPMM_NNZ_COLS_PER_S = 1.0e9
@@ -112,7 +112,8 @@ def estimate_cost(approx: str, n_users: int, n_items: int, n_edges: int, widths:
     """Estimate memory and time of the band precompute.
 
     Args:
-        approx: ``"exact"``, ``"eigen"`` or ``"chebyshev"`` (resolve ``"auto"`` first).
+        approx: ``"exact"``, ``"eigen"``, ``"lobpcg"`` or ``"chebyshev"`` (resolve ``"auto"``
+            first).
         n_users, n_items, n_edges: graph size (training interactions).
         widths: total feature columns over all modalities (ID included).
         n_bands: ``M``.
@@ -128,11 +129,16 @@ def estimate_cost(approx: str, n_users: int, n_items: int, n_edges: int, widths:
     nnz = 2 * n_edges
     if approx == "exact":
         small, large = sorted((n_users, n_items))
-        mem = 8.0 * n_users * n_items * 3 + 8.0 * N * small
-        secs = 4.0 * small * small * large / _DENSE_FLOPS
-        return Estimate(approx, mem, secs, store,
-                        f"dense SVD of the {n_users}x{n_items} bipartite block")
-    if approx == "eigen":
+        mem, route = exact_memory_estimate(n_users, n_items, EXACT_MAX)
+        mem += 8.0 * N * widths
+        if route == "svd":
+            secs = 4.0 * small * small * large / _DENSE_FLOPS
+            what = f"dense SVD of the {n_users}x{n_items} bipartite block"
+        else:       # syevr of the s x s Gram matrix: 28 min for s = 23 033 on 2 shared cores
+            secs = 1.4 * small ** 3 / _DENSE_FLOPS
+            what = f"dense eigendecomposition of the {small}x{small} Gram matrix"
+        return Estimate(approx, mem, secs, store, what)
+    if approx in ("eigen", "lobpcg"):
         k = k or 64
         mem = 8.0 * N * 2 * k * 3 + 12.0 * nnz
         secs = 200 * k * nnz / _SPMM_NNZ_COLS_PER_S
@@ -185,9 +191,6 @@ def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths
     est = estimate_cost(approx, n_users, n_items, n_edges, widths, n_bands, order, k, store_dtype)
     memory = _available_memory() if memory is None else float(memory)
     reasons = []
-    if approx == "exact" and min(n_users, n_items) > EXACT_MAX:
-        reasons.append(f"its smaller side has {min(n_users, n_items)} nodes, above the "
-                       f"{EXACT_MAX} the exact method accepts")
     if est.memory_bytes > memory:
         reasons.append(f"{memory / 1e9:.3g} GB of memory is available")
     if est.seconds > max_seconds:
@@ -409,7 +412,8 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         features: modality name -> ``[n_items, d_m]`` item features (may be empty).
         root: the band store folder. A complete store computed from the same inputs is
             reused without recomputing.
-        approx: ``"auto"``, ``"exact"``, ``"eigen"`` or ``"chebyshev"``.
+        approx: ``"auto"``, ``"exact"``, ``"eigen"`` (partial basis by Lanczos), ``"lobpcg"``
+            (the same by LOBPCG) or ``"chebyshev"``.
         n_bands: ``M``.
         order: Chebyshev order ``K`` (default: automatic up to ``MAX_AUTO_ORDER``).
         k: eigenpairs per end for ``"eigen"``.
@@ -496,7 +500,9 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         plan = chebyshev_plan(mom, n_bands, orders, delta)
         sb = None
     else:
-        sb = SpectralBands(graph, n_bands=n_bands, method=approx, k=k, dtype=torch.float64)
+        method, solver = ("eigen", "lobpcg") if approx == "lobpcg" else (approx, "auto")
+        sb = SpectralBands(graph, n_bands=n_bands, method=method, k=k, dtype=torch.float64,
+                           solver=solver)
         full = torch.cat([signal(n) for n in reduced], dim=1) if reduced else \
             id_projection(0, N, PROBE_COLS, seed).double()
         if show:

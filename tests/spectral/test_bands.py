@@ -246,6 +246,8 @@ def test_errors(ml):
         SpectralBands(g, 0)
     with pytest.raises(ValueError, match="method"):
         SpectralBands(g, 4, method="lanczos")
+    with pytest.raises(ValueError, match="solver"):
+        SpectralBands(g, 4, method="eigen", solver="arpack")
     with pytest.raises(ValueError, match=r"N=2625.*943x1682 bipartite block.*GiB.*"
                                          r"exact_memory=0\.0 GiB.*chebyshev"):
         SpectralBands(g, 4, method="exact", exact_memory=10**6)

@@ -168,7 +168,7 @@ def test_pipeline_guards(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint"):
         run_large(LargeRun(out=tmp_path / "new", resume=True, **opts))
     with pytest.raises(ValueError, match="too large for --approx exact"):
-        run_large(LargeRun(out=tmp_path / "big", **dict(opts, synthetic=(20_000, 10_000, 100_000)),
+        run_large(LargeRun(out=tmp_path / "big", **dict(opts, synthetic=(400_000, 200_000, 10**6)),
                            approx="exact"))
 
 

@@ -119,6 +119,16 @@ def test_exact_store_matches_spectral_bands(ds, tmp_path):
     assert _rel(stored, sb.transform(P)) <= tol(torch.float32)
 
 
+def test_lobpcg_store_matches_eigen(ds, tmp_path):
+    g = ds.train_graph()
+    kw = dict(n_bands=3, d0=6, k=16, seed=1, quiet=True)
+    lanczos, plan_l = precompute_bands(g, {}, tmp_path / "l", approx="eigen", **kw)
+    lobpcg, plan_b = precompute_bands(g, {}, tmp_path / "b", approx="lobpcg", **kw)
+    assert plan_b.method == "lobpcg" and np.allclose(plan_l.edges, plan_b.edges, atol=1e-4)
+    a, b = (torch.from_numpy(np.array(s.array("id"))) for s in (lanczos, lobpcg))
+    assert _rel(b, a) <= tol(torch.float32, "solve")
+
+
 def test_store_is_reused(ds, tmp_path, monkeypatch):
     g = ds.train_graph()
     first, _ = precompute_bands(g, ds.features, tmp_path, n_bands=2, order=16, d0=4, quiet=True)
@@ -143,8 +153,8 @@ def test_refuses_hopeless_methods():
     with pytest.raises(ValueError) as info:
         check_feasible("exact", 1_000_000, 500_000, 16_000_000, widths=96)
     msg = str(info.value)
-    assert "too large for --approx exact: ~1.8e+04 GB of memory" in msg
-    assert "above the 8000 the exact method accepts" in msg
+    assert "too large for --approx exact: ~4e+03 GB of memory" in msg       # Gram route
+    assert "500000x500000 Gram matrix" in msg and "more than the 24.0 h allowed" in msg
     assert "Use instead --approx chebyshev: ~2.3 GB of memory" in msg
     est = check_feasible("chebyshev", 1_000_000, 500_000, 16_000_000, widths=96,
                          memory=64e9)
