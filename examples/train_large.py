@@ -151,7 +151,7 @@ def load_data(args):
     mods = SYNTHETIC_MODALITIES if args.modalities is None else \
         {m: SYNTHETIC_MODALITIES.get(m, 64) for m in args.modalities}
     return synthetic_dataset(u, i, e, modalities=mods, seed=args.seed,
-                             name=f"synthetic-{u}x{i}x{e}")
+                             name=f"synthetic-{u}x{i}x{e}", progress=not args.quiet)
 
 
 def use_stored(args, n_nodes: int) -> bool:

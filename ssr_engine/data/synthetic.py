@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .dataset import Dataset
 
@@ -28,7 +29,7 @@ def synthetic_dataset(n_users: int, n_items: int, n_interactions: int,
                       modalities: Optional[Dict[str, int]] = None, n_communities: int = 32,
                       in_community: float = 0.8, exponent: float = 1.5,
                       split=(0.8, 0.1, 0.1), min_user_degree: int = 3,
-                      seed: int = 0, name: str = "synthetic") -> Dataset:
+                      seed: int = 0, name: str = "synthetic", progress: bool = False) -> Dataset:
     """Generate a power-law bipartite dataset with planted item features.
 
     Args:
@@ -45,6 +46,8 @@ def synthetic_dataset(n_users: int, n_items: int, n_interactions: int,
         min_user_degree: every user gets at least this many sampled interactions.
         seed: random seed; the same arguments and seed give the same dataset.
         name: dataset name.
+        progress: show a progress bar over the generation stages (sampling, merging
+            duplicates, splitting, features); a million users take about a minute.
 
     Returns:
         A :class:`Dataset` with split labels and features.
@@ -69,6 +72,8 @@ def synthetic_dataset(n_users: int, n_items: int, n_interactions: int,
     modalities = {"image": 64, "text": 32} if modalities is None else dict(modalities)
     rng = np.random.default_rng(seed)
     C = n_communities
+    bar = tqdm(total=4, desc="synthetic data", unit="stage", disable=not progress,
+               dynamic_ncols=True)
 
     item_comm = rng.integers(0, C, n_items).astype(np.int32)
     user_comm = rng.integers(0, C, n_users).astype(np.int32)
@@ -111,8 +116,11 @@ def synthetic_dataset(n_users: int, n_items: int, n_interactions: int,
 
     # Merge duplicates through a sorted int64 key; top up with fresh samples (users by
     # activity) until exactly n_interactions distinct pairs remain.
+    bar.set_postfix_str("sampling")
     key = np.unique(users.astype(np.int64) * n_items + sample_items(users))
     del users
+    bar.update()
+    bar.set_postfix_str("merging duplicates")
     user_cum = np.cumsum(deg) / deg.sum()
     for attempt in range(64):
         missing = n_interactions - key.size
@@ -129,6 +137,8 @@ def synthetic_dataset(n_users: int, n_items: int, n_interactions: int,
     u = key // n_items
     i = key % n_items
     del key
+    bar.update()
+    bar.set_postfix_str("splitting")
     perm = np.lexsort((rng.random(u.size), u))
     u, i = u[perm], i[perm]
     counts = np.bincount(u, minlength=n_users)
@@ -143,6 +153,8 @@ def synthetic_dataset(n_users: int, n_items: int, n_interactions: int,
     lab[rank >= n_u - n_test] = 2
     lab[(rank >= n_u - n_test - n_valid) & (rank < n_u - n_test)] = 1
 
+    bar.update()
+    bar.set_postfix_str("features")
     feats = {}
     taste = rng.standard_normal((n_items, 8)).astype(np.float32)
     for m, d in modalities.items():
@@ -150,4 +162,6 @@ def synthetic_dataset(n_users: int, n_items: int, n_interactions: int,
         mix = rng.standard_normal((8, d)).astype(np.float32) / np.sqrt(8)
         noise = rng.standard_normal((n_items, d)).astype(np.float32)
         feats[m] = centroids[item_comm] + 0.5 * taste @ mix + 0.7 * noise
+    bar.update()
+    bar.close()
     return Dataset(u, i, lab, n_users, n_items, feats, name=name)

@@ -145,7 +145,7 @@ def _load(opts: LargeRun) -> Dataset:
     mods = SYNTHETIC_MODALITIES if opts.modalities is None else \
         {m: SYNTHETIC_MODALITIES.get(m, 64) for m in opts.modalities}
     return synthetic_dataset(U, I, E, modalities=mods, seed=opts.seed,
-                             name=f"synthetic-{U}x{I}x{E}")
+                             name=f"synthetic-{U}x{I}x{E}", progress=not opts.quiet)
 
 
 def _kept(e: OSError, ckpt: Path) -> OSError:
