@@ -109,6 +109,25 @@ def test_more_users_than_items_and_the_reverse():
             check_result(g, r, torch.float64, np.concatenate([spec[:8], spec[-8:]]))
 
 
+def test_float32_two_million_users():
+    # σ = ||R̃ q|| and p = R̃ q / σ come from 2M-long float32 columns, where a row-after-row
+    # float32 sum (CPU ``.norm(dim=0)``) misses σ by ~1e-3 and the pairs by 15x the 1e-4
+    # tolerance. Users in 8 planted clusters of items (512 each) give 7 well-separated pairs.
+    rng = np.random.default_rng(0)
+    n_u, c, per, k = 2_000_000, 8, 512, 8
+    cluster = np.repeat(rng.integers(0, c, n_u), 2)
+    own = rng.random(2 * n_u) < 0.9
+    items = np.where(own, cluster * per + rng.integers(0, per, 2 * n_u),
+                     rng.integers(0, c * per, 2 * n_u))
+    g = InteractionGraph(np.repeat(np.arange(n_u), 2), items, n_u, c * per)
+    r = graph_eigs(g, k, which="low", dtype=torch.float32)
+    V = r.eigenvectors.double().numpy()
+    lam = r.eigenvalues.double().numpy()
+    res = np.linalg.norm(V - g.normalized_adjacency_scipy() @ V - V * lam, axis=0) / 2
+    assert res.max() <= tol(torch.float32, "solve")
+    np.testing.assert_allclose(r.residuals.numpy(), res, atol=tol(torch.float32, "close") / 10)
+
+
 def test_agrees_with_scipy_on_movielens(data_dir):
     g = load_mmrec(data_dir / "movielens-100k").train_graph()
     k = 16

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ssr_engine.linalg.subspace import orthonormalize, project_out, rayleigh_ritz, start_block
+from ssr_engine.linalg.subspace import column_norms, orthonormalize, project_out, rayleigh_ritz, \
+    start_block
 from tolerances import tol
 
 DTYPES = [torch.float64, torch.float32]
@@ -66,3 +67,16 @@ def test_start_block_uses_x0_and_rayleigh_ritz_sorts():
     w, S = rayleigh_ritz(H)
     assert w.dtype == torch.float64 and torch.allclose(w, torch.tensor([1.0, 3.0],
                                                                      dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_norms_of_long_columns(dtype):
+    # 4M rows: a float32 row-after-row sum (CPU ``X.norm(dim=0)``) is off by ~1e-3 here.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1 << 22, 2, generator=g, dtype=torch.float64)
+    X[:, 1] = 1 + 0.1 * X[:, 1].abs()                  # one column with same-sign entries
+    X = X.to(dtype)
+    ref = X.double().square().sum(0).sqrt()
+    got = column_norms(X)
+    assert got.dtype == dtype and got.shape == (2,)
+    assert float(((got.double() - ref) / ref).abs().max()) <= tol(dtype, "close")

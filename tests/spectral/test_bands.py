@@ -13,7 +13,8 @@ from tolerances import tol
 DTYPES = [torch.float64, torch.float32]
 
 
-def _dense_graph_eigs(graph, k, which="both", tol=None, dtype=torch.float32, device=None):
+def _dense_graph_eigs(graph, k, which="both", tol=None, dtype=torch.float32, device=None,
+                      method="auto"):
     """Dense stand-in for ssr_engine.graph_eigs: the k lowest and k highest eigenpairs."""
     L = np.eye(graph.n_nodes) - graph.normalized_adjacency_scipy().toarray()
     w, U = np.linalg.eigh(L)
