@@ -216,7 +216,7 @@ def solve_synthetic(graph: InteractionGraph) -> dict:
             "reported_max_residual": float(result.residuals.max()),
             "iterations": result.iterations, "method": result.method,
             "peak_rss_during_solve_GB": mem.peak / 1e9,
-            "process_peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "process_peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
             "lambda_range": [float(result.eigenvalues[0]), float(result.eigenvalues[-1])]}
 
 
@@ -242,7 +242,7 @@ def main(argv=None) -> None:
     parser.add_argument("size", nargs="?", default="1M", help="a size from bench/sizes.py")
     args = parser.parse_args(argv)
     graph, gen_s = timed(lambda: synthetic_graph(args.size))
-    gen_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    gen_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     print(f"{args.size}: {graph} generated in {gen_s:.1f} s (peak RSS so far {gen_rss:.2f} GB)",
           flush=True)
     info = solve_synthetic(graph)

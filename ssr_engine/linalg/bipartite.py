@@ -36,7 +36,8 @@ from ..graph.interaction import InteractionGraph
 from .dense import DENSE_MAX_N, dense_eigs
 from .eigsh import METHODS, _check_common, _progress_bar, _solve_largest, default_tol
 from .result import EigResult, NoConvergence
-from .subspace import MatMul, RitzPairs, orthonormalize, project_out, rayleigh_ritz
+from .subspace import MatMul, RitzPairs, column_norms, orthonormalize, project_out, \
+    rayleigh_ritz
 
 __all__ = ["graph_eigs", "component_vectors"]
 
@@ -231,7 +232,10 @@ def graph_eigs(graph: InteractionGraph, k: int, which: str = "low",
     if bar:
         bar.close()
     # σ = ||R̃ q|| directly: accurate to rounding even where sqrt(μ) is not (σ near 0).
-    sigma = A_small.norm(dim=0).double().cpu()
+    # column_norms, not .norm(dim=0), whose float32 CPU sum over a 1M-long column is off by
+    # ~1e-3 (λ = 1 - σ with it, and p normalised by it, miss a 1e-4 residual).
+    col_norms = column_norms(A_small)
+    sigma = col_norms.double().cpu()
     sigma[:n_triv] = 1.0
     n_pos = int((sigma > tol).sum())          # pairs with σ above the null threshold
 
@@ -248,8 +252,7 @@ def graph_eigs(graph: InteractionGraph, k: int, which: str = "low",
         nulls_used += kn
 
     # -- the other side: p = R̃ q / σ (A_small = R̃ q; exact for the trivial pairs) -------------
-    P = A_small[:, :n_pos] / A_small[:, :n_pos].norm(dim=0).clamp_min(
-        torch.finfo(dtype).tiny)
+    P = A_small[:, :n_pos] / col_norms[:n_pos].clamp_min(torch.finfo(dtype).tiny)
     P[:, :n_triv] = T_large
     null_small = Qs[:, n_pos:n_pos + nulls_used]
     n_large_null = nulls_used - null_small.shape[1]

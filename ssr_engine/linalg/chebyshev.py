@@ -17,7 +17,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .subspace import MatMul, RitzPairs, Threshold, orthonormalize, project_out, \
+from .subspace import MatMul, RitzPairs, Threshold, column_norms, orthonormalize, project_out, \
     rayleigh_ritz, start_block
 
 __all__ = ["chebyshev_subspace", "chebyshev_filter"]
@@ -102,7 +102,7 @@ def chebyshev_subspace(matmul: MatMul, n: int, k: int, *, threshold: Threshold, 
     it = 0
     converged = False
     while True:
-        res = (AX - X * theta.to(device=device, dtype=dtype)).norm(dim=0).double().cpu()
+        res = column_norms(AX - X * theta.to(device=device, dtype=dtype)).double().cpu()
         need = k - locked_V.shape[1]
         ok = res[:need] <= threshold(theta[:need])
         nl = int(torch.cumprod(ok.int(), 0).sum()) if need > 0 else 0

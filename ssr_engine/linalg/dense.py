@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .subspace import MatMul, RitzPairs
+from .subspace import MatMul, RitzPairs, column_norms
 
 __all__ = ["DENSE_MAX_N", "dense_matrix", "dense_eigs"]
 
@@ -48,5 +48,5 @@ def dense_eigs(matmul: MatMul, n: int, k: int, *, largest: bool, dtype: torch.dt
     w, V = torch.linalg.eigh(A)
     idx = torch.arange(n - 1, n - 1 - k, -1) if largest else torch.arange(k)
     w, V = w[idx.to(w.device)], V[:, idx.to(V.device)]
-    res = (A @ V - V * w).norm(dim=0)
+    res = column_norms(A @ V - V * w)
     return RitzPairs(w.cpu(), V.to(dtype), res.cpu(), 1, True)

@@ -26,7 +26,7 @@ from .dense import DENSE_MAX_N, dense_eigs
 from .lanczos import block_lanczos
 from .lobpcg import lobpcg
 from .result import EigResult, NoConvergence
-from .subspace import MatMul, RitzPairs, random_block
+from .subspace import MatMul, RitzPairs, column_norms, random_block
 
 __all__ = ["eigsh", "METHODS", "WHICH", "default_tol"]
 
@@ -258,7 +258,7 @@ def _finish(op: Operator, w: torch.Tensor, V: torch.Tensor, norm: float, tol: fl
     """Recompute the residuals with one product and wrap up (raising on non-convergence)."""
     w = w.to(torch.float64)
     AV = op @ V
-    res = (AV - V * w.to(device=V.device, dtype=V.dtype)).norm(dim=0).double().cpu()
+    res = column_norms(AV - V * w.to(device=V.device, dtype=V.dtype)).double().cpu()
     rel = res / w.abs().clamp_min(norm)
     converged = bool((rel <= tol).all())
     result = EigResult(eigenvalues=w.to(V.dtype).to(V.device), eigenvectors=V, residuals=rel,

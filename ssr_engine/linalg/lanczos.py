@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .subspace import MatMul, RitzPairs, Threshold, orthonormalize, project_out, \
+from .subspace import MatMul, RitzPairs, Threshold, column_norms, orthonormalize, project_out, \
     rayleigh_ritz, start_block
 
 __all__ = ["block_lanczos"]
@@ -72,7 +72,7 @@ def block_lanczos(matmul: MatMul, n: int, k: int, *, threshold: Threshold, maxit
         while j < nq and j < m:
             X = Q[:, j:nq]
             W = matmul(X.contiguous())
-            ref = float(W.norm(dim=0).max())
+            ref = float(column_norms(W).max())
             project_out(W, defl)
             basis_now = Q[:, :nq]
             # Two Gram-Schmidt passes: the first only against the vectors W couples to in

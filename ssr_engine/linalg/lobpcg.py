@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .subspace import MatMul, RitzPairs, Threshold, orthonormalize, project_out, \
+from .subspace import MatMul, RitzPairs, Threshold, column_norms, orthonormalize, project_out, \
     rayleigh_ritz, start_block
 
 __all__ = ["lobpcg"]
@@ -100,7 +100,7 @@ def lobpcg(matmul: MatMul, n: int, k: int, *, threshold: Threshold, maxiter: int
             P = S[:, X.shape[1]:] @ Cd
             AP = AS[:, X.shape[1]:] @ Cd
         X, AX, theta = X_new, AX_new, theta_all[:q]
-        res = (AX - X * theta.to(device=device, dtype=dtype)).norm(dim=0).double().cpu()
+        res = column_norms(AX - X * theta.to(device=device, dtype=dtype)).double().cpu()
         kw = min(k, q)
         ok = res[:kw] <= threshold(theta[:kw])
         if monitor is not None:
