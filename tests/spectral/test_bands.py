@@ -76,16 +76,23 @@ def test_partition_of_unity_uniform(small, method):
     assert _unity_error(sb, small.signals["image"]) <= tol(torch.float64, "unity")
 
 
+def _assert_spectral_projections(sb, ref, X):
+    """Each band signal is the projection of X on the eigenvectors of L (``ref.w``,
+    ``ref.U``) whose eigenvalues fall in the band; returns the band of every eigenvalue."""
+    Y = sb.transform(X).numpy()
+    band = np.searchsorted(sb.edges.numpy()[1:-1], ref.w, side="right")
+    for b in range(sb.n_bands):
+        Ub = ref.U[:, band == b]
+        want = Ub @ (Ub.T @ X.numpy())
+        assert np.linalg.norm(Y[b] - want) <= tol(torch.float64) * np.linalg.norm(X.numpy())
+    return band
+
+
 @pytest.mark.parametrize("name", ["text", "meta"])
 def test_exact_bands_are_spectral_projections(ml, exact_ml, name):
     X = ml.signals[name]
     sb = exact_ml(torch.float64).fit(X)
-    Y = sb.transform(X).numpy()
-    band = np.searchsorted(sb.edges.numpy()[1:-1], ml.w, side="right")
-    for b in range(4):
-        Ub = ml.U[:, band == b]
-        want = Ub @ (Ub.T @ X.numpy())
-        assert np.linalg.norm(Y[b] - want) <= tol(torch.float64) * np.linalg.norm(X.numpy())
+    band = _assert_spectral_projections(sb, ml, X)
     e = ml.energies(name)
     shares = np.bincount(band, weights=e, minlength=4) / e.sum()
     np.testing.assert_allclose(sb.shares_.numpy(), shares, atol=tol(torch.float64))
@@ -210,12 +217,7 @@ def test_exact_gram_bands_are_spectral_projections(small):
     """Gram-route bands against the dense eigendecomposition of L (independent reference)."""
     X = small.signals["image"]
     sb = SpectralBands(small.graph, 4, method="exact", dtype=torch.float64, exact_max=10).fit(X)
-    Y = sb.transform(X).numpy()
-    band = np.searchsorted(sb.edges.numpy()[1:-1], small.w, side="right")
-    for b in range(4):
-        Ub = small.U[:, band == b]
-        want = Ub @ (Ub.T @ X.numpy())
-        assert np.linalg.norm(Y[b] - want) <= tol(torch.float64) * np.linalg.norm(X.numpy())
+    band = _assert_spectral_projections(sb, small, X)
     e = small.energies("image")
     np.testing.assert_allclose(sb.shares_.numpy(),
                                np.bincount(band, weights=e, minlength=4) / e.sum(),
