@@ -41,7 +41,7 @@ from ssr_engine.data import load_mmrec, synthetic_dataset
 from ssr_engine.distributed import RankFailure
 from ssr_engine.train import TrainConfig, Trainer, seed_everything
 from ssr_engine.train.large import Interrupted
-from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, SYNTHETIC_MODALITIES, LargeRun, run_large
+from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
 
 #: SSR graphs above this many nodes train on the stored pipeline whatever ``--approx``.
@@ -148,9 +148,7 @@ def load_data(args):
     if args.data is not None:
         return load_mmrec(args.data, modalities=args.modalities)
     u, i, e = args.synthetic or DEFAULT_SYNTHETIC
-    mods = SYNTHETIC_MODALITIES if args.modalities is None else \
-        {m: SYNTHETIC_MODALITIES.get(m, 64) for m in args.modalities}
-    return synthetic_dataset(u, i, e, modalities=mods, seed=args.seed,
+    return synthetic_dataset(u, i, e, modalities=synthetic_modalities(args.modalities), seed=args.seed,
                              name=f"synthetic-{u}x{i}x{e}", progress=not args.quiet)
 
 
@@ -254,7 +252,8 @@ def main(argv=None) -> dict:
             if use_stored(args, u + i):
                 return run_large(stored_options(args))
             if args.model == "ssr":
-                check_feasible(args.approx, u, i, int(0.8 * e), 64 + 32, args.n_bands,
+                widths = sum(min(d, 64) for d in synthetic_modalities(args.modalities).values())
+                check_feasible(args.approx, u, i, int(0.8 * e), widths or 32, args.n_bands,
                                args.order, args.id_basis)
             return run_in_memory(args, load_data(args), t0)
         ds = load_data(args)

@@ -40,12 +40,26 @@ from .precompute import check_feasible, precompute_bands
 from .store import check_space
 from .stored_model import StoredSSR
 
-__all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC"]
+__all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
+           "synthetic_modalities"]
 
 #: the built-in synthetic graph of the default run: (users, items, interactions).
 DEFAULT_SYNTHETIC = (120_000, 60_000, 2_400_000)
 #: feature widths of the synthetic modalities.
 SYNTHETIC_MODALITIES = {"image": 64, "text": 32}
+
+
+def synthetic_modalities(names: Optional[Sequence[str]] = None) -> Dict[str, int]:
+    """Feature widths of the synthetic modalities ``names`` (``None``: the default ones;
+    a name not in :data:`SYNTHETIC_MODALITIES` gets 64 columns).
+
+    Example:
+        >>> synthetic_modalities(["text", "audio"])
+        {'text': 32, 'audio': 64}
+    """
+    if names is None:
+        return dict(SYNTHETIC_MODALITIES)
+    return {m: SYNTHETIC_MODALITIES.get(m, 64) for m in names}
 
 
 @dataclass
@@ -142,8 +156,7 @@ def _load(opts: LargeRun) -> Dataset:
     if opts.data is not None:
         return load_mmrec(opts.data, modalities=opts.modalities)
     U, I, E = opts.synthetic
-    mods = SYNTHETIC_MODALITIES if opts.modalities is None else \
-        {m: SYNTHETIC_MODALITIES.get(m, 64) for m in opts.modalities}
+    mods = synthetic_modalities(opts.modalities)
     return synthetic_dataset(U, I, E, modalities=mods, seed=opts.seed,
                              name=f"synthetic-{U}x{I}x{E}", progress=not opts.quiet)
 
@@ -223,8 +236,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     store_dir = Path(opts.store_dir) if opts.store_dir is not None else out / "bands"
     if opts.data is None and dataset is None:     # refuse before generating anything
         U, I, E = opts.synthetic
-        mods = SYNTHETIC_MODALITIES if opts.modalities is None else \
-            {m: SYNTHETIC_MODALITIES.get(m, 64) for m in opts.modalities}
+        mods = synthetic_modalities(opts.modalities)
         est = check_feasible(opts.approx, U, I, int(0.8 * E), opts.d0 + sum(
             min(d, opts.d0) for d in mods.values()), opts.n_bands, opts.order, opts.k,
             store_dtype=opts.store_dtype)
