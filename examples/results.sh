@@ -20,7 +20,7 @@ for s in 1 2 3; do
         done
     done
 done
-for a in "nomask --no-mask" "cp --fusion cp" "cpsum --fusion cp+sum" "noalign --no-align" \
+for a in "nomask --no-mask" "nocons --lambda-mask 0" "cp --fusion cp" "cpsum --fusion cp+sum" "noalign --no-align" \
          "uniform --band-edges uniform" "M1 --n-bands 1" "M2 --n-bands 2" "M3 --n-bands 3" \
          "M6 --n-bands 6"; do
     set -- $a; name=$1; shift
