@@ -109,6 +109,17 @@ def test_more_users_than_items_and_the_reverse():
             check_result(g, r, torch.float64, np.concatenate([spec[:8], spec[-8:]]))
 
 
+def check_float32_in_float64(g: InteractionGraph, k: int) -> None:
+    """A float32 low-end solve: every residual, recomputed in float64 with scipy, within the
+    tolerance and equal to the reported one."""
+    r = graph_eigs(g, k, which="low", dtype=torch.float32)
+    V = r.eigenvectors.double().numpy()
+    lam = r.eigenvalues.double().numpy()
+    res = np.linalg.norm(V - g.normalized_adjacency_scipy() @ V - V * lam, axis=0) / 2
+    assert res.max() <= tol(torch.float32, "solve")
+    np.testing.assert_allclose(r.residuals.numpy(), res, atol=tol(torch.float32, "close") / 10)
+
+
 def test_float32_two_million_users():
     # σ = ||R̃ q|| and p = R̃ q / σ come from 2M-long float32 columns, where a row-after-row
     # float32 sum (CPU ``.norm(dim=0)``) misses σ by ~1e-3 and the pairs by 15x the 1e-4
@@ -120,12 +131,7 @@ def test_float32_two_million_users():
     items = np.where(own, cluster * per + rng.integers(0, per, 2 * n_u),
                      rng.integers(0, c * per, 2 * n_u))
     g = InteractionGraph(np.repeat(np.arange(n_u), 2), items, n_u, c * per)
-    r = graph_eigs(g, k, which="low", dtype=torch.float32)
-    V = r.eigenvectors.double().numpy()
-    lam = r.eigenvalues.double().numpy()
-    res = np.linalg.norm(V - g.normalized_adjacency_scipy() @ V - V * lam, axis=0) / 2
-    assert res.max() <= tol(torch.float32, "solve")
-    np.testing.assert_allclose(r.residuals.numpy(), res, atol=tol(torch.float32, "close") / 10)
+    check_float32_in_float64(g, k)
 
 
 def test_float32_items_with_a_hundred_thousand_users():
@@ -136,12 +142,7 @@ def test_float32_items_with_a_hundred_thousand_users():
     rng = np.random.default_rng(1)
     n_u, n_i, k = 800_000, 16, 16
     g = InteractionGraph(np.repeat(np.arange(n_u), 2), rng.integers(0, n_i, 2 * n_u), n_u, n_i)
-    r = graph_eigs(g, k, which="low", dtype=torch.float32)
-    V = r.eigenvectors.double().numpy()
-    lam = r.eigenvalues.double().numpy()
-    res = np.linalg.norm(V - g.normalized_adjacency_scipy() @ V - V * lam, axis=0) / 2
-    assert res.max() <= tol(torch.float32, "solve")
-    np.testing.assert_allclose(r.residuals.numpy(), res, atol=tol(torch.float32, "close") / 10)
+    check_float32_in_float64(g, k)
 
 
 def test_agrees_with_scipy_on_movielens(data_dir):
