@@ -20,9 +20,9 @@ for s in 1 2 3; do
         done
     done
 done
-for a in "nomask --no-mask" "nocons --lambda-mask 0" "cp --fusion cp" "cpsum --fusion cp+sum" "noalign --no-align" \
-         "uniform --band-edges uniform" "M1 --n-bands 1" "M2 --n-bands 2" "M3 --n-bands 3" \
-         "M6 --n-bands 6"; do
+for a in "nomask --no-mask" "nocons --lambda-mask 0" "cp --fusion cp" "cpsum --fusion cp+sum" \
+         "noalign --no-align" "uniform --band-edges uniform" "M1 --n-bands 1" "M2 --n-bands 2" \
+         "M3 --n-bands 3" "M6 --n-bands 6"; do
     set -- $a; name=$1; shift
     echo "$P --data $D/movielens-100k --model ssr --seed 1 --out $R/ml/abl-$name-s1 $*"
 done

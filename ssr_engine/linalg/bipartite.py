@@ -19,7 +19,9 @@ Special cases handled exactly:
 
 **Residuals** are those of the returned ``N``-vectors on ``L`` itself:
 ``||L v - λ v|| / ||L||`` with ``||L|| = 2`` (``λ_max(L) = 2`` for any bipartite graph with an
-edge), computed after the solve from two sparse products with ``R̃`` and ``R̃^T``.
+edge), computed after the solve from two sparse products with ``R̃`` and ``R̃^T``. Those
+products, and the ones that build the returned vectors, accumulate in float64 whatever the
+working precision: float32 sums over an item with 10^5 users lose about 1e-4.
 """
 from __future__ import annotations
 
