@@ -16,7 +16,9 @@ that epoch for all and for cold-start users, timings) and ``<out>/checkpoint.pt`
 every epoch; an existing checkpoint is continued with ``--resume`` or discarded with
 ``--fresh``. Long phases show progress bars with rates and ETA (``--quiet`` for logs).
 The stored pipeline also checkpoints on SIGINT/SIGTERM (exit status 128 + signal) and a
-resumed run ends with the same metrics as an uninterrupted one.
+resumed run ends with the same metrics as an uninterrupted one; elsewhere SIGTERM stops the
+run with status 143 and removes any half-written file, and temporary files of a run killed
+outright (SIGKILL) are removed when the next run in the folder starts.
 
 Examples:
     python examples/train_large.py --approx chebyshev
@@ -40,6 +42,7 @@ import ssr_engine
 from ssr_engine.data import load_mmrec, synthetic_dataset
 from ssr_engine.distributed import RankFailure
 from ssr_engine.train import TrainConfig, Trainer, seed_everything
+from ssr_engine.train.checkpoint import atomic_write, remove_leftovers, sigterm_exits
 from ssr_engine.train.large import Interrupted
 from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
@@ -220,6 +223,8 @@ def run_in_memory(args, ds, t0: float) -> dict:
         raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
     if args.fresh and ckpt.exists():
         ckpt.unlink()
+    remove_leftovers(ckpt)
+    remove_leftovers(args.out / "metrics.json")
     res = Trainer(model, ds, cfg, checkpoint=ckpt).fit()
     out = {"dataset": ds.name, "model": args.model, "pipeline": "memory", "seed": args.seed,
            "config": model.config(), "bands": getattr(model, "band_report", None),
@@ -230,7 +235,8 @@ def run_in_memory(args, ds, t0: float) -> dict:
            "seconds_per_epoch": res.train_seconds / max(1, res.epochs_this_call),
            "wall_seconds": time.perf_counter() - t0, "history": res.history,
            "command": " ".join(sys.argv)}
-    (args.out / "metrics.json").write_text(json.dumps(out, indent=1))
+    with atomic_write(args.out / "metrics.json", "w") as fh:
+        fh.write(json.dumps(out, indent=1))
     if args.report is not None and args.model == "ssr":
         # the trainer leaves the best-validation state loaded
         from ssr_engine.explain import read_item_names, write_report
@@ -246,6 +252,11 @@ def run_in_memory(args, ds, t0: float) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
+    with sigterm_exits():
+        return _main(args, t0)
+
+
+def _main(args, t0: float) -> dict:
     try:
         if args.data is None:                  # synthetic: sizes known before generating
             u, i, e = args.synthetic or DEFAULT_SYNTHETIC

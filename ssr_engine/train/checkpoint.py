@@ -5,20 +5,27 @@ states (torch, the sampler's numpy generator), the completed epoch, the early-st
 state and the run's configuration. It is written with :func:`atomic_write` — to a temporary
 file in the same folder, synced and moved into place with ``os.replace`` — so an interrupted
 write never leaves a torn file (the band store's ``meta.json`` and the pipeline's
-``metrics.json`` are written the same way).
+``metrics.json`` are written the same way). A process killed outright (SIGKILL) cannot remove
+its temporary file; :func:`remove_leftovers` clears such files when the next run starts.
+SIGTERM would do the same by default, so the pipelines run under :func:`sigterm_exits`.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, Union
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "config_diff", "atomic_write"]
+__all__ = ["save_checkpoint", "load_checkpoint", "config_diff", "atomic_write",
+           "remove_leftovers", "sigterm_exits"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -53,6 +60,54 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``SystemExit(143)`` in the main thread, as
+    SIGINT raises ``KeyboardInterrupt``: its default action kills the process on the spot,
+    so an :func:`atomic_write` in progress could not remove its temporary file. Handlers
+    installed inside the block (the stored trainer's graceful stop) take precedence; outside
+    the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        print(f"[ssr] {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def remove_leftovers(path: PathLike) -> int:
+    """Remove the temporary files that :func:`atomic_write` calls for ``path`` left behind
+    in processes killed before they could clean up (SIGKILL, a power cut).
+
+    Only one process may write ``path`` at a time, so call this where no write of it is in
+    flight (the pipeline does it when a run starts).
+
+    Returns:
+        how many files were removed.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "checkpoint.pt.k3x9q1.tmp").write_bytes(b"torn")
+        >>> remove_leftovers(d / "checkpoint.pt")
+        1
+    """
+    path = Path(path)
+    removed = 0
+    for p in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed += 1
+    return removed
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:

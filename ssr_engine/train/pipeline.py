@@ -14,6 +14,11 @@
 4. **training** — :class:`~ssr_engine.train.large.LargeTrainer` (constant-cost steps,
    checkpoint every epoch and on SIGINT/SIGTERM, exact resume, sampled full ranking);
 5. **report** — ``<out>/metrics.json`` (written atomically by process 0) and a summary.
+
+Outside training, SIGTERM ends the run like SIGINT does, by an exception (``SystemExit``
+with status 143), so files being written are cleaned up rather than left half-done; a run
+killed outright (SIGKILL) leaves its temporary files, which the next run in the same folder
+removes.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ import torch.distributed as dist
 
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, remove_leftovers, sigterm_exits
 from .large import LargeConfig, LargeTrainer
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
@@ -195,7 +200,9 @@ def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
         ValueError: on bad options, a graph too large for ``approx`` (before any work), or
             an existing checkpoint without ``resume``/``fresh``.
         OSError: ``errno.ENOSPC`` when the band store does not fit (checkpoint untouched).
-        Interrupted: on SIGINT/SIGTERM after the checkpoint was saved.
+        Interrupted: on SIGINT/SIGTERM during training, after the checkpoint was saved.
+        SystemExit: status 143 on SIGTERM outside training (``KeyboardInterrupt`` on
+            SIGINT), after removing the temporary file of any write in progress.
         RankFailure: when a peer process failed (distributed).
     """
     t_start = time.perf_counter()
@@ -207,7 +214,8 @@ def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
         init_distributed(timeout=opts.timeout)
         joined = True
     try:
-        return _run(opts, t_start, dataset)
+        with sigterm_exits():
+            return _run(opts, t_start, dataset)
     finally:
         if joined:
             shutdown_distributed()
@@ -230,6 +238,10 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         raise ValueError(f"--resume: there is no checkpoint in {out} to continue")
     if opts.fresh and ckpt.exists() and rank == 0:
         ckpt.unlink()
+    if rank == 0:
+        left = remove_leftovers(ckpt) + remove_leftovers(out / "metrics.json")
+        if left:
+            log(f"[setup] removed {left} temporary file(s) left by a killed run in {out}")
     if opts.distributed:
         dist.barrier()
     timings = {}

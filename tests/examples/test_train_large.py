@@ -37,6 +37,26 @@ def test_in_memory_baseline(tmp_path):
     assert 0.0 <= m["test"]["recall@20"] <= 1.0
 
 
+def test_in_memory_sigterm_during_checkpoint_write(tmp_path):
+    # SIGTERM in the middle of a checkpoint write: exit 143, no torn or temporary file.
+    code = ("import os, runpy, signal, sys, time, torch\n"
+            "def signalled(obj, fh):\n"
+            "    fh.write(b'torn'); fh.flush()\n"
+            "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+            "torch.save = signalled\n"
+            "runpy.run_path(sys.argv[1], run_name='train')['main'](sys.argv[2:])\n")
+    args = ["--model", "mf", *SMALL, "--dim", "8", "--out", str(tmp_path)]
+    r = subprocess.run([sys.executable, "-c", code, str(SCRIPT), *args], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 143, r.stderr
+    assert "SIGTERM: stopping" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    # what a SIGKILLed writer leaves is removed by the next run
+    (tmp_path / "checkpoint.pt.a1b2c3d4.tmp").write_bytes(b"torn")
+    assert _run(*args).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.json"]
+
+
 @pytest.mark.parametrize("pipeline", ["stored", "memory"])
 def test_too_large_for_exact_is_refused_up_front(tmp_path, pipeline):
     r = _run("--approx", "exact", "--pipeline", pipeline, "--synthetic",

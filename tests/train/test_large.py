@@ -1,5 +1,6 @@
 """LargeTrainer and the pipeline: learning, exact resume (in process, after a signal, after
-SIGKILL), sampled evaluation, two-process DDP training and a dying rank."""
+SIGKILL), SIGTERM outside training, sampled evaluation, two-process DDP training and a dying
+rank."""
 import json
 import os
 import signal
@@ -160,9 +161,43 @@ def test_sigkill_mid_epoch_then_resume_matches(tmp_path):
         assert a[key] == b[key], key
 
 
+_TINY = dict(synthetic=(300, 150, 4000), epochs=1, batch_size=256, eval_users=100, d0=4, dim=8,
+             rank=2, order=16, n_bands=2, quiet=True, threads=1)
+
+
+def test_sigterm_while_writing_metrics_leaves_no_temporary_file(tmp_path):
+    # The report is written after training, where the trainer's handler is not installed: a
+    # SIGTERM arriving in the middle of that write used to kill the process on the spot and
+    # leave "metrics.json.<random>.tmp" behind.
+    code = ("import contextlib, os, signal, sys, time; from pathlib import Path\n"
+            "import ssr_engine.train.pipeline as P\n"
+            "real = P.atomic_write\n"
+            "@contextlib.contextmanager\n"
+            "def signalled(path, mode='wb'):\n"
+            "    with real(path, mode) as fh:\n"
+            "        fh.write('{'); fh.flush()\n"
+            "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+            "        yield fh\n"
+            "P.atomic_write = signalled\n"
+            f"P.run_large(P.LargeRun(out=Path(sys.argv[1]), **{_TINY!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert "SIGTERM: stopping" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bands", "checkpoint.pt"]
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 1
+    # A file a SIGKILLed writer could not remove goes when the next run starts; resuming the
+    # finished run then writes the report.
+    (tmp_path / "checkpoint.pt.q1w2e3r4.tmp").write_bytes(b"torn")
+    report = run_large(LargeRun(out=tmp_path, resume=True, **_TINY))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bands", "checkpoint.pt",
+                                                          "metrics.json"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"] == report["test"]
+
+
 def test_pipeline_guards(tmp_path):
-    opts = dict(synthetic=(300, 150, 4000), epochs=1, batch_size=256, eval_users=100, d0=4,
-                dim=8, rank=2, order=16, n_bands=2, quiet=True)
+    opts = _TINY
     run_large(LargeRun(out=tmp_path, **opts))
     with pytest.raises(ValueError, match="already holds a checkpoint"):
         run_large(LargeRun(out=tmp_path, **opts))
@@ -175,8 +210,7 @@ def test_pipeline_guards(tmp_path):
 
 def test_pipeline_full_disk_keeps_checkpoint(tmp_path, monkeypatch):
     from ssr_engine.train import store as store_mod
-    opts = dict(synthetic=(300, 150, 4000), epochs=1, batch_size=256, eval_users=100, d0=4,
-                dim=8, rank=2, order=16, n_bands=2, quiet=True)
+    opts = _TINY
     run_large(LargeRun(out=tmp_path, **opts))
     before = (tmp_path / "checkpoint.pt").read_bytes()
     monkeypatch.setattr(store_mod.shutil, "disk_usage",
