@@ -16,9 +16,9 @@ that epoch for all and for cold-start users, timings) and ``<out>/checkpoint.pt`
 every epoch; an existing checkpoint is continued with ``--resume`` or discarded with
 ``--fresh``. Long phases show progress bars with rates and ETA (``--quiet`` for logs).
 The stored pipeline also checkpoints on SIGINT/SIGTERM (exit status 128 + signal) and a
-resumed run ends with the same metrics as an uninterrupted one; elsewhere SIGTERM stops the
-run with status 143 and removes any half-written file, and temporary files of a run killed
-outright (SIGKILL) are removed when the next run in the folder starts.
+resumed run ends with the same metrics as an uninterrupted one. A SIGTERM in the middle of
+writing a file exits with status 143 after removing the temporary file, and what a run killed
+outright (SIGKILL) left is removed when the next run in the folder starts.
 
 Examples:
     python examples/train_large.py --approx chebyshev
@@ -42,7 +42,7 @@ import ssr_engine
 from ssr_engine.data import load_mmrec, synthetic_dataset
 from ssr_engine.distributed import RankFailure
 from ssr_engine.train import TrainConfig, Trainer, seed_everything
-from ssr_engine.train.checkpoint import atomic_write, remove_leftovers, sigterm_exits
+from ssr_engine.train.checkpoint import atomic_write, remove_leftovers
 from ssr_engine.train.large import Interrupted
 from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
@@ -252,11 +252,6 @@ def run_in_memory(args, ds, t0: float) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    with sigterm_exits():
-        return _main(args, t0)
-
-
-def _main(args, t0: float) -> dict:
     try:
         if args.data is None:                  # synthetic: sizes known before generating
             u, i, e = args.synthetic or DEFAULT_SYNTHETIC

@@ -7,7 +7,6 @@ file in the same folder, synced and moved into place with ``os.replace`` — so 
 write never leaves a torn file (the band store's ``meta.json`` and the pipeline's
 ``metrics.json`` are written the same way). A process killed outright (SIGKILL) cannot remove
 its temporary file; :func:`remove_leftovers` clears such files when the next run starts.
-SIGTERM would do the same by default, so the pipelines run under :func:`sigterm_exits`.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from typing import IO, Any, Dict, Iterator, Union
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "config_diff", "atomic_write",
-           "remove_leftovers", "sigterm_exits"]
+           "remove_leftovers"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,6 +34,11 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path`` that replaces ``path`` only when the block ends
     without an exception (after a flush and ``fsync``); otherwise the temporary file is
     removed and ``path`` is left as it was.
+
+    SIGTERM, whose default action would kill the process with the temporary file still on
+    disk, raises ``SystemExit(143)`` while the block runs in the main thread, the way SIGINT
+    raises ``KeyboardInterrupt``; a handler the caller installed (the stored trainer's
+    graceful stop) is left in place.
 
     Args:
         path: the file to write; its folder must exist.
@@ -49,39 +53,40 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         'done'
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    tmp = None
+    with _sigterm_raises():
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, mode) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 @contextlib.contextmanager
-def sigterm_exits() -> Iterator[None]:
-    """While the block runs, SIGTERM raises ``SystemExit(143)`` in the main thread, as
-    SIGINT raises ``KeyboardInterrupt``: its default action kills the process on the spot,
-    so an :func:`atomic_write` in progress could not remove its temporary file. Handlers
-    installed inside the block (the stored trainer's graceful stop) take precedence; outside
-    the main thread this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``SystemExit(143)`` inside the block, where it still has its default
+    action and this is the main thread (only that thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
 
     def handler(signum, frame):
-        print(f"[ssr] {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
+        print(f"[ssr] {signal.Signals(signum).name} while writing a file: stopping",
+              file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
-    old = signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def remove_leftovers(path: PathLike) -> int:

@@ -15,10 +15,9 @@
    checkpoint every epoch and on SIGINT/SIGTERM, exact resume, sampled full ranking);
 5. **report** — ``<out>/metrics.json`` (written atomically by process 0) and a summary.
 
-Outside training, SIGTERM ends the run like SIGINT does, by an exception (``SystemExit``
-with status 143), so files being written are cleaned up rather than left half-done; a run
-killed outright (SIGKILL) leaves its temporary files, which the next run in the same folder
-removes.
+A run killed in the middle of writing a file leaves at most a temporary file beside it
+(:func:`~ssr_engine.train.checkpoint.atomic_write`; SIGTERM there is turned into an exception
+that removes it), which the next run in the same folder removes.
 """
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ import torch.distributed as dist
 
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
-from .checkpoint import atomic_write, remove_leftovers, sigterm_exits
+from .checkpoint import atomic_write, remove_leftovers
 from .large import LargeConfig, LargeTrainer
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
@@ -201,8 +200,8 @@ def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
             an existing checkpoint without ``resume``/``fresh``.
         OSError: ``errno.ENOSPC`` when the band store does not fit (checkpoint untouched).
         Interrupted: on SIGINT/SIGTERM during training, after the checkpoint was saved.
-        SystemExit: status 143 on SIGTERM outside training (``KeyboardInterrupt`` on
-            SIGINT), after removing the temporary file of any write in progress.
+        SystemExit: status 143 on SIGTERM in the middle of writing a file outside training,
+            after removing its temporary file.
         RankFailure: when a peer process failed (distributed).
     """
     t_start = time.perf_counter()
@@ -214,8 +213,7 @@ def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
         init_distributed(timeout=opts.timeout)
         joined = True
     try:
-        with sigterm_exits():
-            return _run(opts, t_start, dataset)
+        return _run(opts, t_start, dataset)
     finally:
         if joined:
             shutdown_distributed()

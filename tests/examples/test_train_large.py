@@ -49,7 +49,7 @@ def test_in_memory_sigterm_during_checkpoint_write(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(SCRIPT), *args], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 143, r.stderr
-    assert "SIGTERM: stopping" in r.stderr
+    assert "SIGTERM while writing a file: stopping" in r.stderr
     assert list(tmp_path.iterdir()) == []
     # what a SIGKILLed writer leaves is removed by the next run
     (tmp_path / "checkpoint.pt.a1b2c3d4.tmp").write_bytes(b"torn")

@@ -183,7 +183,7 @@ def test_sigterm_while_writing_metrics_leaves_no_temporary_file(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
-    assert "SIGTERM: stopping" in proc.stderr
+    assert "SIGTERM while writing a file: stopping" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bands", "checkpoint.pt"]
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 1
