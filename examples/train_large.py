@@ -151,8 +151,9 @@ def load_data(args):
     if args.data is not None:
         return load_mmrec(args.data, modalities=args.modalities)
     u, i, e = args.synthetic or DEFAULT_SYNTHETIC
-    return synthetic_dataset(u, i, e, modalities=synthetic_modalities(args.modalities), seed=args.seed,
-                             name=f"synthetic-{u}x{i}x{e}", progress=not args.quiet)
+    return synthetic_dataset(u, i, e, modalities=synthetic_modalities(args.modalities),
+                             seed=args.seed, name=f"synthetic-{u}x{i}x{e}",
+                             progress=not args.quiet)
 
 
 def use_stored(args, n_nodes: int) -> bool:
