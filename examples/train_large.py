@@ -224,8 +224,7 @@ def run_in_memory(args, ds, t0: float) -> dict:
         raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
     if args.fresh and ckpt.exists():
         ckpt.unlink()
-    remove_leftovers(ckpt)
-    remove_leftovers(args.out / "metrics.json")
+    remove_leftovers(ckpt, args.out / "metrics.json")
     res = Trainer(model, ds, cfg, checkpoint=ckpt).fit()
     out = {"dataset": ds.name, "model": args.model, "pipeline": "memory", "seed": args.seed,
            "config": model.config(), "bands": getattr(model, "band_report", None),

@@ -89,12 +89,12 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def remove_leftovers(path: PathLike) -> int:
-    """Remove the temporary files that :func:`atomic_write` calls for ``path`` left behind
-    in processes killed before they could clean up (SIGKILL, a power cut).
+def remove_leftovers(*paths: PathLike) -> int:
+    """Remove the temporary files that :func:`atomic_write` calls for each of ``paths`` left
+    behind in processes killed before they could clean up (SIGKILL, a power cut).
 
-    Only one process may write ``path`` at a time, so call this where no write of it is in
-    flight (the pipeline does it when a run starts).
+    Only one process may write a path at a time, so call this where no write of them is in
+    flight (the pipelines do it when a run starts).
 
     Returns:
         how many files were removed.
@@ -106,12 +106,12 @@ def remove_leftovers(path: PathLike) -> int:
         >>> remove_leftovers(d / "checkpoint.pt")
         1
     """
-    path = Path(path)
     removed = 0
-    for p in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            removed += 1
+    for path in map(Path, paths):
+        for p in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed += 1
     return removed
 
 

@@ -237,7 +237,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     if opts.fresh and ckpt.exists() and rank == 0:
         ckpt.unlink()
     if rank == 0:
-        left = remove_leftovers(ckpt) + remove_leftovers(out / "metrics.json")
+        left = remove_leftovers(ckpt, out / "metrics.json")
         if left:
             log(f"[setup] removed {left} temporary file(s) left by a killed run in {out}")
     if opts.distributed:
