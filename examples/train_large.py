@@ -1,15 +1,16 @@
 """Train SSR (or a baseline) on MMRec data or a synthetic graph of any size, and report.
 
-Two pipelines:
+One SSR model (:class:`~ssr_engine.SSRModel`) with two band sources, picked by the flags:
 
 * **stored** (SSR with ``--approx chebyshev``, graphs above ``IN_MEMORY_MAX_NODES`` nodes,
-  and every ``--distributed`` run): band features of every modality are computed once
-  into a band store under the output folder (Chebyshev filters and KPM edges, or an exact /
-  partial eigenbasis), and each training step reads the rows of its batch only — its cost
-  does not grow with the graph (:mod:`ssr_engine.train.pipeline`);
+  and every ``--distributed`` run): the content band features and the ID modality's
+  eigenbasis are computed once into a band store under the output folder (Chebyshev filters
+  and KPM edges, or an exact / partial eigenbasis), the ID residual is updated sparsely, and
+  each training step reads the rows of its batch only — its cost does not grow with the
+  graph (:mod:`ssr_engine.train.pipeline`);
 * **in memory** (SSR with ``--approx auto|exact|eigen|lobpcg`` on smaller graphs, and the
-  ``lightgcn`` / ``mf`` baselines): the model holds its bands (the ID modality on the full or
-  a partial eigenbasis) and trains with :class:`~ssr_engine.train.Trainer`.
+  ``lightgcn`` / ``mf`` baselines): the model holds the same bands in memory and trains with
+  :class:`~ssr_engine.train.Trainer`.
 
 Both write ``<out>/metrics.json`` (validation metrics of the chosen epoch, test metrics of
 that epoch for all and for cold-start users, timings) and ``<out>/checkpoint.pt`` after
@@ -41,9 +42,8 @@ import torch
 import ssr_engine
 from ssr_engine.data import load_mmrec, synthetic_dataset
 from ssr_engine.distributed import RankFailure
-from ssr_engine.train import TrainConfig, Trainer, seed_everything
+from ssr_engine.train import Interrupted, TrainConfig, Trainer, seed_everything
 from ssr_engine.train.checkpoint import atomic_write, remove_leftovers
-from ssr_engine.train.large import Interrupted
 from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
 
@@ -97,28 +97,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dim", type=int, default=64)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--reg", type=float, default=1e-4)
-    g.add_argument("--batch-size", type=int, default=None,
-                   help="interactions per step (default: 8192 stored, 2048 in memory)")
+    g.add_argument("--batch-size", type=int, default=2048, help="interactions per step")
     g.add_argument("--n-neg", type=int, default=1)
     g.add_argument("--patience", type=int, default=20)
     g.add_argument("--eval-every", type=int, default=1)
     g.add_argument("--eval-users", type=int, default=20000,
-                   help="rank all items for this many sampled users (0: all; stored)")
+                   help="rank all items for a fixed sample of this many users, in validation "
+                        "and test (0: all users)")
     g.add_argument("--loss", choices=("bpr", "bce"), default="bpr")
+    g.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also checkpoint every this many steps")
     g = p.add_argument_group("SSR")
     g.add_argument("--n-bands", type=int, default=4)
     g.add_argument("--rank", type=int, default=16, help="CP rank of the G-HSNO fusion")
     g.add_argument("--order", type=int, default=None, help="Chebyshev order")
     g.add_argument("--id-basis", type=int, default=None,
-                   help="in memory: eigenpairs per end for the ID modality (default: full "
-                        "basis on small graphs, 256 otherwise)")
+                   help="eigenpairs per end for the ID modality (default: full basis on "
+                        "small graphs, else 256, halved while computing it would take over "
+                        "~6 GB)")
     g.add_argument("--id-prior", choices=("none", "lightgcn", "mirror"), default="none",
-                   help="in memory: spectral prior of the ID coefficients")
+                   help="spectral prior of the ID coefficients")
+    g.add_argument("--d0", type=int, default=64, help="width of the reduced content features")
     g.add_argument("--band-edges", choices=("energy", "uniform"), default="energy",
                    help="in memory: energy-balanced or uniform edges")
-    g.add_argument("--fusion", choices=("sum", "cp", "cp+sum"), default=None,
-                   help="G-HSNO (cp), plain sum, or G-HSNO on a sum skip path (default: cp "
-                        "stored, sum in memory — each chosen on validation)")
+    g.add_argument("--fusion", choices=("sum", "cp", "cp+sum"), default="sum",
+                   help="plain sum (default, chosen on validation), G-HSNO (cp), or G-HSNO "
+                        "on a sum skip path")
     g.add_argument("--no-mask", action="store_true", help="ablation: no band mask")
     g.add_argument("--mask-p", type=float, default=0.2)
     g.add_argument("--lambda-mask", type=float, default=0.1)
@@ -128,16 +132,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lambda-cl", type=float, default=0.05)
     g.add_argument("--tau", type=float, default=0.2)
     g = p.add_argument_group("stored pipeline")
-    g.add_argument("--d0", type=int, default=32,
-                   help="width of the reduced features and of the ID projection")
     g.add_argument("--reduce", choices=("pca", "random"), default="pca")
     g.add_argument("--k", type=int, default=None, help="eigenpairs per end for --approx eigen")
     g.add_argument("--store-dtype", choices=("float32", "float16"), default="float32")
     g.add_argument("--store-dir", type=Path, default=None, help="default <out>/bands")
-    g.add_argument("--no-residual", action="store_true",
-                   help="ablation: no free per-node ID residual")
-    g.add_argument("--checkpoint-every", type=int, default=0,
-                   help="also checkpoint every this many steps")
     g.add_argument("--distributed", action="store_true",
                    help="one process per rank (torchrun): row-partitioned bands, DDP")
     g.add_argument("--timeout", type=float, default=300.0,
@@ -173,11 +171,11 @@ def stored_options(args) -> LargeRun:
         distributed=args.distributed, timeout=args.timeout, store_dir=args.store_dir,
         seed=args.seed, quiet=args.quiet, device=args.device, threads=args.threads,
         n_bands=args.n_bands, order=args.order, k=args.k, d0=args.d0, reduce=args.reduce,
-        store_dtype=args.store_dtype, dim=args.dim, rank=args.rank,
-        residual=not args.no_residual, fusion=args.fusion or "cp", band_mask=not args.no_mask,
+        store_dtype=args.store_dtype, id_basis=args.id_basis, dim=args.dim, rank=args.rank,
+        id_prior=args.id_prior, fusion=args.fusion, band_mask=not args.no_mask,
         mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
         align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
-        loss=args.loss, epochs=args.epochs or 5, batch_size=args.batch_size or 8192,
+        loss=args.loss, epochs=args.epochs or 5, batch_size=args.batch_size,
         lr=args.lr, n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
         eval_users=args.eval_users or None, checkpoint_every=args.checkpoint_every)
 
@@ -192,7 +190,7 @@ def build_model(args, ds):
     return ssr_engine.SSRModel(
         graph, ds.features, n_bands=args.n_bands, dim=args.dim, rank=args.rank,
         approx=args.approx, order=args.order, id_basis=args.id_basis, id_prior=args.id_prior,
-        band_edges=args.band_edges, fusion=args.fusion or "sum", band_mask=not args.no_mask,
+        d0=args.d0, band_edges=args.band_edges, fusion=args.fusion, band_mask=not args.no_mask,
         mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
         align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
         loss=args.loss, seed=args.seed)
@@ -206,15 +204,16 @@ def run_in_memory(args, ds, t0: float) -> dict:
         torch.set_num_threads(args.threads)
     if args.model == "ssr":
         n_train = int((ds.split == 0).sum())
-        widths = sum(min(int(f.shape[1]), 64) for f in ds.features.values()) or 32
+        widths = sum(min(int(f.shape[1]), args.d0) for f in ds.features.values())
         check_feasible(args.approx, ds.n_users, ds.n_items, n_train, widths, args.n_bands,
-                       args.order, args.id_basis)
+                       args.order, id_k=args.id_basis)
     seed_everything(args.seed)
     model = build_model(args, ds).to(args.device)
     setup = time.perf_counter() - t0
-    cfg = TrainConfig(epochs=args.epochs or 1000, batch_size=args.batch_size or 2048,
-                      lr=args.lr, n_neg=args.n_neg, patience=args.patience,
-                      eval_every=args.eval_every, seed=args.seed, quiet=args.quiet)
+    cfg = TrainConfig(epochs=args.epochs or 1000, batch_size=args.batch_size, lr=args.lr,
+                      n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
+                      eval_users=args.eval_users or None, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every, quiet=args.quiet)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "checkpoint.pt"
     if ckpt.exists() and not (args.resume or args.fresh):
@@ -258,9 +257,10 @@ def main(argv=None) -> dict:
             if use_stored(args, u + i):
                 return run_large(stored_options(args))
             if args.model == "ssr":
-                widths = sum(min(d, 64) for d in synthetic_modalities(args.modalities).values())
-                check_feasible(args.approx, u, i, int(0.8 * e), widths or 32, args.n_bands,
-                               args.order, args.id_basis)
+                widths = sum(min(d, args.d0)
+                             for d in synthetic_modalities(args.modalities).values())
+                check_feasible(args.approx, u, i, int(0.8 * e), widths, args.n_bands,
+                               args.order, id_k=args.id_basis)
             return run_in_memory(args, load_data(args), t0)
         ds = load_data(args)
         if use_stored(args, ds.n_users + ds.n_items):

@@ -23,7 +23,6 @@ import torch
 
 from ..nn.fusion import CPFusion, SkipCPFusion, SumFusion
 from ..nn.model import SSRModel
-from ..train.stored_model import StoredSSR
 
 __all__ = ["FusionTerms", "fusion_terms", "Attribution", "attribute", "check_ssr_model",
            "fusion_paths", "band_edges_of"]
@@ -36,15 +35,17 @@ def check_ssr_model(model, stored: bool = True):
 
     Args:
         model: the model to check.
-        stored: also accept :class:`~ssr_engine.train.stored_model.StoredSSR` (band slots
-            read from a band store; attributions work the same way).
+        stored: also accept a model whose band slots are read from a band store
+            (attributions work the same way; whole-graph profiles need the bands in memory).
     """
-    kinds = (SSRModel, StoredSSR) if stored else (SSRModel,)
-    if not isinstance(model, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise TypeError(f"explanations need an SSR model ({names}: band slots and fusion); "
+    if not isinstance(model, SSRModel):
+        raise TypeError(f"explanations need an SSR model (SSRModel: band slots and fusion); "
                         f"got {type(model).__name__}. Baselines such as MFBPR and LightGCN "
                         "have no frequency bands to attribute to")
+    if not stored and model.reads_store:
+        raise TypeError("this explanation needs the model's bands in memory; the model reads "
+                        "its band slots from a band store (build it without a stored source "
+                        "on a graph that fits in memory)")
     if not isinstance(model.fusion, (CPFusion, SkipCPFusion, SumFusion)):
         raise TypeError(f"unknown fusion {type(model.fusion).__name__}; explanations support "
                         "CPFusion, SkipCPFusion and SumFusion")
@@ -96,7 +97,8 @@ def fusion_terms(model, nodes: torch.Tensor, dtype: torch.dtype = torch.float64)
     """Recompute the inference fusion of ``nodes`` (no band mask) and keep its parts.
 
     Args:
-        model: a trained SSR model (:class:`~ssr_engine.SSRModel` or ``StoredSSR``).
+        model: a trained SSR model (:class:`~ssr_engine.SSRModel`, bands in memory or
+            read from a band store).
         nodes: ``[n]`` node ids (users first, items offset by ``n_users``).
         dtype: precision of the recomputation (the slots are the model's, cast to it).
 
@@ -252,7 +254,7 @@ def attribute(model, users, items=None, k: int = 10, side: str = "item",
     """Split the scores of users' items over (output band, modality, band) exactly.
 
     Args:
-        model: a trained :class:`~ssr_engine.SSRModel` or ``StoredSSR`` (any fusion: CP,
+        model: a trained :class:`~ssr_engine.SSRModel` (any band source, any fusion: CP,
             CP + sum, plain sum; any modalities; CPU or CUDA).
         users: ``[B]`` user ids.
         items: ``[B, k]`` (or ``[B]``) item ids to explain; ``None``: each user's top-``k``.

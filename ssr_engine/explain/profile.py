@@ -82,7 +82,7 @@ def _id_spectrum(model: SSRModel, v: torch.Tensor) -> ModalitySpectrum:
     lam = ids.eigenvalues.to(torch.float64).cpu().numpy()
     res = 0.0
     if ids.residual_band is not None:
-        R = ids.residual.detach().to(torch.float64)
+        R = ids.residual.weight.detach().to(torch.float64)
         R = R - U @ (U.T @ R)
         res = float(R.pow(2).sum())
     total = float(e.sum()) + res

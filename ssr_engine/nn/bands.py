@@ -20,34 +20,23 @@ table, so the parameterisation loses nothing.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
+from .sources import StoredRows, reduce_features
+
 __all__ = ["FixedBands", "SpectralIDBands", "reduce_features"]
-
-
-def reduce_features(features: torch.Tensor, d0: int) -> torch.Tensor:
-    """Reduce ``[n, d_m]`` features to ``[n, min(d_m, d0)]`` by PCA (centred SVD).
-
-    Features with at most ``d0`` columns are returned unchanged (as float64). Deterministic.
-    """
-    x = torch.as_tensor(features, dtype=torch.float64)
-    if x.dim() != 2:
-        raise ValueError(f"features must be [n, d], got {tuple(x.shape)}")
-    if x.shape[1] <= d0:
-        return x
-    xc = x - x.mean(0, keepdim=True)
-    _, _, vh = torch.linalg.svd(xc, full_matrices=False)
-    return xc @ vh[:d0].T
 
 
 class FixedBands(nn.Module):
     """Precomputed band signals of one content modality, projected by a learnable ``W_m``.
 
     Args:
-        bands: ``[M, N, d0]`` band signals (``Σ_b bands[b]`` is the node signal).
+        bands: ``[M, N, d0]`` band signals held in memory (a buffer; ``Σ_b bands[b]`` is the
+            node signal), or :class:`~ssr_engine.nn.sources.StoredRows` ``[N, M, d0]`` read
+            from a band store by rows.
         dim: output size ``d``.
 
     Shapes:
@@ -61,29 +50,40 @@ class FixedBands(nn.Module):
         torch.Size([3, 4, 8])
     """
 
-    def __init__(self, bands: torch.Tensor, dim: int):
+    def __init__(self, bands: Union[torch.Tensor, StoredRows], dim: int):
         super().__init__()
-        if bands.dim() != 3:
-            raise ValueError(f"bands must be [M, N, d0], got {tuple(bands.shape)}")
-        if not torch.isfinite(bands).all():
-            raise ValueError("band signals contain NaN or inf")
-        self.register_buffer("bands", bands.float().contiguous())
-        self.proj = nn.Linear(bands.shape[2], dim, bias=False)
+        if len(bands.shape) != 3:
+            raise ValueError(f"bands must be [M, N, d0] (or stored [N, M, d0]), got "
+                             f"{tuple(bands.shape)}")
+        if isinstance(bands, StoredRows):
+            self.bands = bands
+            width = bands.shape[2]
+        else:
+            if not torch.isfinite(bands).all():
+                raise ValueError("band signals contain NaN or inf")
+            self.register_buffer("bands", bands.float().contiguous())
+            width = bands.shape[2]
+        self.proj = nn.Linear(width, dim, bias=False)
 
     @property
     def n_bands(self) -> int:
-        return self.bands.shape[0]
+        return self.bands.shape[1 if isinstance(self.bands, StoredRows) else 0]
 
     def forward(self, nodes: torch.Tensor) -> torch.Tensor:
-        x = self.bands[:, nodes]                      # [M, n, d0]
-        return self.proj(x).transpose(0, 1)           # [n, M, d]
+        if isinstance(self.bands, StoredRows):
+            x = self.bands[nodes].to(self.proj.weight.dtype)          # [n, M, d0]
+            return self.proj(x)
+        x = self.bands[:, nodes]                                       # [M, n, d0]
+        return self.proj(x).transpose(0, 1)                            # [n, M, d]
 
 
 class SpectralIDBands(nn.Module):
     """ID embeddings parameterised in the spectral domain, split into bands.
 
     Args:
-        basis: ``[N, k]`` orthonormal eigenvectors of ``L``.
+        basis: ``[N, k]`` orthonormal eigenvectors of ``L``: a tensor (a buffer) or
+            :class:`~ssr_engine.nn.sources.StoredRows` read from a band store by rows (whose
+            columns must already be in ascending eigenvalue order).
         eigenvalues: ``[k]`` their eigenvalues (in ``[0, 2]``).
         edges: ``[M + 1]`` ascending band edges in ``λ`` (``edges[0] = 0``, ``edges[-1] = 2``);
             a vector with eigenvalue ``λ`` belongs to the band ``b`` with
@@ -101,6 +101,8 @@ class SpectralIDBands(nn.Module):
             takes ``s(1)``. Under Adam a coefficient moves about ``lr`` per step whatever its
             gradient scale, so ``s`` sets how fast (and from how large) each frequency of the
             ID signal is learned — the smoothness bias a propagating model has built in.
+        sparse: the residual gets sparse gradients (only the batch's rows; for
+            ``torch.optim.SparseAdam``), so a step's cost does not grow with ``N``.
         generator: optional torch generator for the initialisation.
 
     Shapes:
@@ -116,30 +118,39 @@ class SpectralIDBands(nn.Module):
         torch.Size([2, 2, 4])
     """
 
-    def __init__(self, basis: torch.Tensor, eigenvalues: torch.Tensor, edges: torch.Tensor,
-                 dim: int, residual: bool = False, init_std: Optional[float] = None,
-                 prior: str = "none", generator: Optional[torch.Generator] = None):
+    def __init__(self, basis: Union[torch.Tensor, StoredRows], eigenvalues: torch.Tensor,
+                 edges: torch.Tensor, dim: int, residual: bool = False,
+                 init_std: Optional[float] = None, prior: str = "none", sparse: bool = False,
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
-        basis = torch.as_tensor(basis)
+        stored = isinstance(basis, StoredRows)
+        if not stored:
+            basis = torch.as_tensor(basis)
         lam = torch.as_tensor(eigenvalues, dtype=torch.float64).cpu()
         edges = torch.as_tensor(edges, dtype=torch.float64).cpu()
-        if basis.dim() != 2 or lam.shape != (basis.shape[1],):
+        if len(basis.shape) != 2 or lam.shape != (basis.shape[1],):
             raise ValueError(f"basis must be [N, k] with k eigenvalues, got {tuple(basis.shape)} "
                              f"and {tuple(lam.shape)}")
         if edges.dim() != 1 or edges.numel() < 2 or bool((edges[1:] < edges[:-1]).any()):
             raise ValueError(f"edges must be an ascending [M + 1] vector, got {edges.tolist()}")
         n_nodes, k = basis.shape
         M = edges.numel() - 1
-        order = torch.argsort(lam)
+        order = torch.argsort(lam, stable=True)
+        if stored:
+            if bool((lam[1:] < lam[:-1]).any()):
+                raise ValueError("a stored basis must hold its eigenvectors in ascending "
+                                 "eigenvalue order")
+            self.basis = basis
+        else:
+            self.register_buffer("basis", basis[:, order.to(basis.device)].float().contiguous())
         lam = lam[order]
         band = torch.bucketize(lam, edges[1:-1], right=True)          # [k] in [0, M)
         counts = torch.bincount(band, minlength=M)
-        self.register_buffer("basis", basis[:, order.to(basis.device)].float().contiguous())
         self.register_buffer("eigenvalues", lam.float())
         self.register_buffer("edges", edges.float())
         self.slices = [(int(a), int(b)) for a, b in
                        zip(torch.cumsum(counts, 0) - counts, torch.cumsum(counts, 0))]
-        self.dim, self.n_nodes = int(dim), n_nodes
+        self.dim, self.n_nodes, self.sparse = int(dim), n_nodes, bool(sparse)
         std = math.sqrt(2.0 / (n_nodes + dim)) if init_std is None else float(init_std)
         priors = ("none", "lightgcn", "mirror")
         if prior not in priors:
@@ -158,9 +169,24 @@ class SpectralIDBands(nn.Module):
             self.residual_band = int(torch.bucketize(torch.tensor([mid], dtype=torch.float64),
                                                      edges[1:-1], right=True))
             e0 = torch.randn(n_nodes, dim, generator=generator, dtype=torch.float64) * std
-            U = self.basis.double().cpu()
-            e0 = e0 - U @ (U.T @ e0)
-            self.residual = nn.Parameter(e0.float().to(basis.device))
+            # An Embedding module (not a bare parameter), so DistributedDataParallel knows
+            # its gradients are sparse.
+            self.residual = nn.Embedding(n_nodes, dim, sparse=self.sparse,
+                                         _weight=self._complement(e0).float())
+
+    def _rows(self, lo: int, hi: int) -> torch.Tensor:
+        if isinstance(self.basis, StoredRows):
+            return self.basis.block(lo, hi)
+        return self.basis[lo:hi].cpu()
+
+    def _complement(self, e: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
+        """``e - U (Uᵀ e)`` for ``e [N, d]`` (float64), reading the basis in row blocks."""
+        n = self.n_nodes
+        proj = sum(self._rows(lo, min(lo + block, n)).double().T @ e[lo:lo + block]
+                   for lo in range(0, n, block))
+        for lo in range(0, n, block):
+            e[lo:lo + block] -= self._rows(lo, min(lo + block, n)).double() @ proj
+        return e
 
     @staticmethod
     def _prior(lam: torch.Tensor, kind: str) -> torch.Tensor:
@@ -178,18 +204,18 @@ class SpectralIDBands(nn.Module):
     def extra_repr(self) -> str:
         sizes = [b - a for a, b in self.slices]
         return (f"n_nodes={self.n_nodes}, dim={self.dim}, basis_per_band={sizes}, "
-                f"residual_band={self.residual_band}")
+                f"residual_band={self.residual_band}, sparse={self.sparse}")
 
     def forward(self, nodes: torch.Tensor) -> torch.Tensor:
-        u = self.basis[nodes]                                          # [n, k]
+        u = self.basis[nodes].to(self.coef.dtype)                      # [n, k]
         out = []
         for b, (a, e) in enumerate(self.slices):
             x = u[:, a:e] @ (self.prior[a:e, None] * self.coef[a:e])  # [n, d] (0 if empty)
             if b == self.residual_band:
-                x = x + self.residual_scale * self.residual[nodes]
+                x = x + self.residual_scale * self.residual(nodes)
             out.append(x)
         return torch.stack(out, dim=1)
 
     def full(self) -> torch.Tensor:
         """Band signals of every node ``[N, M, d]``."""
-        return self(torch.arange(self.n_nodes, device=self.basis.device))
+        return self(torch.arange(self.n_nodes, device=self.coef.device))

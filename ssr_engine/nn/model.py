@@ -22,6 +22,14 @@ then the content modalities in the order given; ``M`` bands each):
 
 ``score(u, i) = h_uᵀ h_i``; ``L = L_rec + λ_mask L_mask + λ_cl L_cl + λ_reg ‖Θ‖²`` where the
 L2 term is applied, as in the baselines, to the band slots of the batch's nodes.
+
+**Band sources.** The fixed inputs of the slots — content band signals, the ID eigenbasis and
+the shared edges — come from a :class:`~ssr_engine.nn.sources.BandSource`: computed in memory
+from the graph and features (the default), or read by rows from a band store on disk
+(``BandStore.source()`` in ``ssr_engine.train.store``) for graphs whose bands do not fit in
+memory. The model, its parameters, its objective and its training are the same for both; a
+step reads only the rows of its batch and costs ``O(n·(K + S·d)·d)`` for its ``n`` distinct
+nodes, independent of the graph size when the ID residual has sparse gradients.
 """
 from __future__ import annotations
 
@@ -32,22 +40,16 @@ import torch
 from torch import nn
 
 from ..graph import InteractionGraph
-from ..linalg import graph_eigs
-from ..spectral import SpectralBands
 from .alignment import SpectralInfoNCE
-from .bands import FixedBands, SpectralIDBands, reduce_features
+from .bands import FixedBands, SpectralIDBands
 from .fusion import CPFusion, SkipCPFusion, SumFusion
 from .modulation import BandMask, BandReliability, consistency_loss
 from .recommender import Recommender, ranking_loss
+from .sources import BandSource, StoredRows, memory_source
 
 __all__ = ["SSRModel"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
-
-#: graphs up to this many nodes get the full eigenbasis for the ID modality by default.
-FULL_BASIS_MAX_NODES = 6000
-#: eigenpairs per end of the spectrum for the ID modality on larger graphs.
-DEFAULT_ID_BASIS = 256
 
 
 def _check_features(graph: InteractionGraph, features: Optional[Mapping[str, ArrayLike]]
@@ -72,79 +74,13 @@ def _check_features(graph: InteractionGraph, features: Optional[Mapping[str, Arr
     return out
 
 
-class _SSRObjective:
-    """The training objective of the SSR models from the fused vectors on, shared by
-    :class:`SSRModel` and :class:`~ssr_engine.train.stored_model.StoredSSR` (which differ in
-    how they form the band slots and fuse them).
-
-    Uses the model's ``n_users``, ``loss_kind``, ``consistency``, ``align``, ``align_items``,
-    ``lambda_mask`` and ``lambda_cl``.
-    """
-
-    def _batch_nodes(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The batch's distinct nodes ``uniq [n]`` (items offset by ``n_users``) and ``inv
-        [B (2 + n_neg)]``, the position in ``uniq`` of the users, positives and negatives."""
-        nodes = torch.cat([users, pos + self.n_users, neg.flatten() + self.n_users])
-        return torch.unique(nodes, return_inverse=True)
-
-    @staticmethod
-    def _triplet_mean(per_node: torch.Tensor, inv: torch.Tensor, B: int, n_neg: int
-                      ) -> torch.Tensor:
-        """Mean over the triplets of ``x_u + x_pos + mean x_neg`` for per-node ``x [n]``."""
-        x = per_node[inv]
-        return (x[:B] + x[B:2 * B] + x[2 * B:].view(B, n_neg).mean(1)).mean()
-
-    def _objective(self, uniq: torch.Tensor, inv: torch.Tensor, B: int, n_neg: int,
-                   h_full: torch.Tensor, h_masked: Optional[torch.Tensor],
-                   align_slots: Callable[[torch.Tensor], torch.Tensor],
-                   reg: Callable[[], torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """``L = L_rec + λ_mask L_mask + λ_cl L_cl + L_reg`` of a batch of ``B`` triplets.
-
-        Args:
-            uniq, inv: from :meth:`_batch_nodes`.
-            B, n_neg: the batch's triplets and negatives per triplet.
-            h_full: ``[n, d]`` fused vectors of ``uniq`` without band mask.
-            h_masked: ``[n, d]`` the same under the step's band mask (``None``: no mask).
-            align_slots: positions ``[k]`` in ``uniq`` -> their band slots ``[k, m, M, d]``.
-            reg: the regularisation term, called after the other losses.
-        """
-        def scores(h):
-            x = h[inv]
-            hu, hp, hn = x[:B], x[B:2 * B], x[2 * B:].view(B, n_neg, -1)
-            return (hu * hp).sum(-1), (hu.unsqueeze(1) * hn).sum(-1)
-
-        zero = h_full.new_zeros(())
-        if h_masked is not None:
-            pos_s, neg_s = scores(h_masked)
-            if self.consistency == "representation":
-                l_mask = consistency_loss(h_full, h_masked)
-            else:
-                pf, nf = scores(h_full)
-                l_mask = consistency_loss(torch.cat([pf.unsqueeze(1), nf], 1),
-                                          torch.cat([pos_s.unsqueeze(1), neg_s], 1))
-        else:
-            pos_s, neg_s = scores(h_full)
-            l_mask = zero
-        rec = ranking_loss(pos_s, neg_s, self.loss_kind)
-        l_cl = zero
-        if self.align is not None:
-            items = torch.nonzero(uniq >= self.n_users).flatten()
-            if items.numel() > self.align_items:
-                items = items[torch.randperm(items.numel(), device=items.device)[:self.align_items]]
-            l_cl = self.align(align_slots(items))
-        l_reg = reg()
-        total = rec + self.lambda_mask * l_mask + self.lambda_cl * l_cl + l_reg
-        return {"loss": total, "rec": rec, "mask": l_mask, "align": l_cl, "reg": l_reg}
-
-
-class SSRModel(_SSRObjective, Recommender):
+class SSRModel(Recommender):
     """The SSR recommender: band decomposition, modulation, G-HSNO fusion and alignment.
 
     Args:
         graph: the training interaction graph.
         features: modality name -> ``[n_items, d_m]`` item features (``None`` or ``{}``:
-            ID-only).
+            ID-only). Must be ``None`` with ``source`` (the source holds the modalities).
         n_bands: number of bands ``M``.
         dim: embedding size ``d``.
         rank: CP rank ``r`` of the fusion.
@@ -153,7 +89,8 @@ class SSRModel(_SSRObjective, Recommender):
             :class:`~ssr_engine.spectral.SpectralBands`).
         order: Chebyshev order (``approx="chebyshev"``; default: the bands helper's).
         id_basis: eigenpairs per end of the spectrum for the ID modality; ``None`` picks the
-            full basis up to ``FULL_BASIS_MAX_NODES`` nodes and ``DEFAULT_ID_BASIS`` beyond.
+            full basis up to ``FULL_BASIS_MAX_NODES`` nodes and
+            :func:`~ssr_engine.nn.sources.default_id_basis` beyond.
         id_prior: fixed spectral prior of the ID coefficients (``"none"``, ``"lightgcn"``,
             ``"mirror"``; see :class:`~ssr_engine.nn.SpectralIDBands`).
         d0: content features are reduced to at most ``d0`` dimensions by PCA.
@@ -177,14 +114,20 @@ class SSRModel(_SSRObjective, Recommender):
         loss: ``"bpr"`` or ``"bce"``.
         seed: seed of the parameter initialisation and of the white probe signal.
         backend: backend of the fused ops (``"auto"``, ``"torch"``, ``"triton"``).
+        source: a :class:`~ssr_engine.nn.sources.BandSource` to read the band slots' fixed
+            inputs from (e.g. ``BandStore.source()``); ``None`` computes them in memory from
+            ``graph`` and ``features`` with ``approx``, ``order``, ``id_basis``, ``d0`` and
+            ``band_edges`` (which a given source fixes instead).
+        sparse_residual: the ID residual (partial basis) gets sparse gradients, updated with
+            ``SparseAdam`` by the trainers: a step's cost then does not grow with ``N``.
 
     Shapes:
-        ``slots(nodes [n])`` -> ``[n, m, M, d]``; ``node_embeddings()`` ->
-        ``([n_users, d], [n_items, d])``.
+        ``slots(nodes [n])`` -> ``[n, m, M, d]``; ``embed(nodes [n])`` -> ``[n, d]``;
+        ``node_embeddings()`` -> ``([n_users, d], [n_items, d])``.
 
     Raises:
         ValueError: on feature rows that don't match the items, NaN/inf features, unknown
-            options or out-of-range sizes.
+            options, out-of-range sizes, or a source of another graph size.
 
     Example:
         >>> import torch, ssr_engine
@@ -205,86 +148,81 @@ class SSRModel(_SSRObjective, Recommender):
                  band_mask: bool = True, mask_p: float = 0.2, lambda_mask: float = 0.1,
                  consistency: str = "representation", align: bool = True,
                  lambda_cl: float = 0.05, tau: float = 0.2, align_items: int = 256,
-                 reg: float = 1e-4,
-                 loss: str = "bpr", seed: int = 0, backend: str = "auto"):
+                 reg: float = 1e-4, loss: str = "bpr", seed: int = 0, backend: str = "auto",
+                 source: Optional[BandSource] = None, sparse_residual: bool = False):
         super().__init__(graph.interaction_matrix(), loss)
-        if n_bands < 1 or dim < 1 or rank < 1 or d0 < 1:
-            raise ValueError(f"n_bands, dim, rank and d0 must be >= 1, got {n_bands}, {dim}, "
-                             f"{rank}, {d0}")
+        if n_bands < 1 or dim < 1 or rank < 1 or d0 < 1 or (n_out is not None and n_out < 1):
+            raise ValueError(f"n_bands, dim, rank, d0 and n_out must be >= 1, got {n_bands}, "
+                             f"{dim}, {rank}, {d0}, {n_out}")
         for opt, val, allowed in (("band_edges", band_edges, ("energy", "uniform")),
                                   ("fusion", fusion, ("cp", "cp+sum", "sum")),
                                   ("consistency", consistency, ("representation",
                                                                 "prediction"))):
             if val not in allowed:
                 raise ValueError(f"{opt} must be one of {allowed}, got {val!r}")
-        feats = _check_features(graph, features)
+        gen = torch.Generator().manual_seed(int(seed))
+        if source is None:
+            feats = _check_features(graph, features)
+            source = memory_source(graph, feats, n_bands, approx=approx, order=order,
+                                   id_k=id_basis, d0=d0, band_edges=band_edges, generator=gen)
+            bands_cfg = {"features": {k: int(v.shape[1]) for k, v in feats.items()},
+                         "n_bands": n_bands, "approx": approx, "order": order,
+                         "id_basis": id_basis, "d0": d0, "band_edges": band_edges}
+        else:
+            if features:
+                raise ValueError("pass either features or a band source, not both: the "
+                                 "source holds the content modalities")
+            if source.n_nodes != graph.n_nodes:
+                raise ValueError(f"the band source has {source.n_nodes} nodes but the graph "
+                                 f"{graph.n_users} users + {graph.n_items} items")
+            bands_cfg = {"features": source.dims, "n_bands": source.n_bands,
+                         "source": source.identity}
         self._config = {
-            "model": "ssr", "n_users": graph.n_users, "n_items": graph.n_items,
-            "features": {k: int(v.shape[1]) for k, v in feats.items()}, "n_bands": n_bands,
-            "dim": dim, "rank": rank, "approx": approx, "order": order, "id_basis": id_basis,
-            "id_prior": id_prior,
-            "d0": d0, "band_edges": band_edges, "fusion": fusion, "n_out": n_out,
+            "model": "ssr", "n_users": graph.n_users, "n_items": graph.n_items, **bands_cfg,
+            "dim": dim, "rank": rank, "id_prior": id_prior, "fusion": fusion, "n_out": n_out,
             "band_mask": band_mask, "mask_p": mask_p, "lambda_mask": lambda_mask,
             "consistency": consistency, "align": align, "lambda_cl": lambda_cl, "tau": tau,
-            "align_items": align_items,
-            "reg": reg, "loss": loss, "seed": seed}
-        self.modalities = ["id"] + list(feats)
-        self.n_bands, self.dim = int(n_bands), int(dim)
+            "align_items": align_items, "reg": reg, "loss": loss, "seed": seed,
+            "sparse_residual": bool(sparse_residual)}
+        self.modalities = ["id"] + list(source.content)
+        self.n_bands, self.dim = source.n_bands, int(dim)
         self.reg, self.lambda_mask, self.lambda_cl = float(reg), float(lambda_mask), float(lambda_cl)
         self.consistency, self.align_items = consistency, int(align_items)
-        gen = torch.Generator().manual_seed(int(seed))
+        self.band_report = source.report
 
         # 1. decomposition: shared edges, content bands, spectral ID bands.
-        signals = {}
-        for name, f in feats.items():
-            x = graph.node_signal(reduce_features(f, d0))
-            signals[name] = x / x.pow(2).mean().sqrt().clamp_min(1e-12)
-        method, solver = ("eigen", "lobpcg") if approx == "lobpcg" else (approx, "auto")
-        bands = SpectralBands(graph, n_bands=n_bands, method=method, order=order,
-                              dtype=torch.float64, solver=solver)
-        if band_edges == "energy":
-            probe = (torch.cat(list(signals.values()), dim=1) if signals else
-                     torch.randn(graph.n_nodes, 32, generator=gen, dtype=torch.float64))
-            bands.fit(probe)
-        else:
-            bands.fit_uniform()
-        shares = bands.shares_
-        self.band_report = {"method": bands.method_, "order": bands.order_,
-                            "edges": [float(e) for e in bands.edges],
-                            "shares": None if shares is None else [float(x) for x in shares],
-                            "atoms": [(float(a.lam), float(a.fraction)) for a in bands.atoms_],
-                            "fitted_on": ("content" if signals else "white probe")
-                            if band_edges == "energy" else "uniform"}
-        self.content = nn.ModuleDict({name: FixedBands(bands.transform(x), dim)
-                                      for name, x in signals.items()})
-        self.id_bands = self._build_id_bands(graph, bands.edges, id_basis, id_prior, gen)
+        self.content = nn.ModuleDict({name: FixedBands(x, dim)
+                                      for name, x in source.content.items()})
+        self.id_bands = SpectralIDBands(source.basis, source.eigenvalues, source.edges,
+                                        self.dim, residual=source.partial, prior=id_prior,
+                                        sparse=sparse_residual, generator=gen)
 
         # 2-4. modulation, fusion, alignment.
-        m = len(self.modalities)
-        self.reliability = BandReliability(m, n_bands)
-        self.mask = BandMask(n_bands, mask_p if band_mask else 0.0)
+        m, M = len(self.modalities), self.n_bands
+        self.reliability = BandReliability(m, M)
+        self.mask = BandMask(M, mask_p if band_mask else 0.0)
         kinds = {"cp": CPFusion, "cp+sum": SkipCPFusion}
-        self.fusion = (kinds[fusion](m * n_bands, dim, rank, n_out or n_bands, backend=backend)
+        self.fusion = (kinds[fusion](m * M, dim, rank, n_out or M, backend=backend)
                        if fusion in kinds else SumFusion())
         self.align = SpectralInfoNCE(tau) if (align and m >= 2) else None
-
-    def _build_id_bands(self, graph: InteractionGraph, edges, id_basis: Optional[int],
-                        prior: str, gen: torch.Generator) -> SpectralIDBands:
-        n = graph.n_nodes
-        full = (id_basis is None and n <= FULL_BASIS_MAX_NODES) or (
-            id_basis is not None and 2 * int(id_basis) >= n)
-        if full:
-            lam, U = torch.linalg.eigh(graph.laplacian(dtype=torch.float64).to_dense())
-            return SpectralIDBands(U, lam.clamp(0.0, 2.0), edges, self.dim, residual=False,
-                                   prior=prior, generator=gen)
-        k = DEFAULT_ID_BASIS if id_basis is None else int(id_basis)
-        lam, U = graph_eigs(graph, k, which="both")
-        return SpectralIDBands(U, lam.clamp(0.0, 2.0), edges, self.dim, residual=True,
-                               prior=prior, generator=gen)
 
     # -- Recommender interface ---------------------------------------------------------
     def config(self) -> Dict:
         return dict(self._config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.id_bands.coef.device
+
+    @property
+    def reads_store(self) -> bool:
+        """Whether the band slots are read by rows from a band store (not held in memory)."""
+        return isinstance(self.id_bands.basis, StoredRows)
+
+    def sparse_parameters(self):
+        """Parameters with sparse gradients (the ID residual with ``sparse_residual``)."""
+        ids = self.id_bands
+        return [ids.residual.weight] if ids.sparse and ids.residual_band is not None else []
 
     def slots(self, nodes: torch.Tensor) -> torch.Tensor:
         """Band slots of nodes (users first, items offset by ``n_users``): ``[n, m, M, d]``."""
@@ -299,30 +237,105 @@ class SSRModel(_SSRObjective, Recommender):
         """
         return self.fusion(raw.flatten(1, 2), scale.flatten())
 
+    @torch.no_grad()
+    def embed(self, nodes, chunk: int = 8192, progress=None) -> torch.Tensor:
+        """Inference vectors (no band mask) of ``nodes`` (users first): ``[n, d]``.
+
+        Args:
+            nodes: ``[n]`` node ids.
+            chunk: nodes per block.
+            progress: optional tqdm bar, advanced by the nodes done.
+        """
+        nodes = torch.as_tensor(nodes, dtype=torch.int64).to(self.device)
+        alpha = self.reliability.alpha
+        out = []
+        for lo in range(0, nodes.numel(), chunk):
+            part = nodes[lo:lo + chunk]
+            out.append(self.fuse(self.slots(part), alpha))
+            if progress is not None:
+                progress.update(part.numel())
+        return torch.cat(out) if out else torch.zeros(0, self.dim, device=self.device)
+
     def node_embeddings(self, chunk: int = 8192) -> Tuple[torch.Tensor, torch.Tensor]:
         """Inference vectors (no band mask): ``([n_users, d], [n_items, d])``."""
-        dev = self.id_bands.basis.device
-        n = self.n_users + self.n_items
-        with torch.no_grad():
-            alpha = self.reliability.alpha
-            h = torch.cat([self.fuse(self.slots(torch.arange(lo, min(lo + chunk, n),
-                                                             device=dev)), alpha)
-                           for lo in range(0, n, chunk)])
+        h = self.embed(torch.arange(self.n_users + self.n_items), chunk)
         return h[:self.n_users], h[self.n_users:]
 
+    # -- the objective -----------------------------------------------------------------
+    def _batch_nodes(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The batch's distinct nodes ``uniq [n]`` (items offset by ``n_users``) and ``inv
+        [B (2 + n_neg)]``, the position in ``uniq`` of the users, positives and negatives."""
+        nodes = torch.cat([users, pos + self.n_users, neg.flatten() + self.n_users])
+        return torch.unique(nodes, return_inverse=True)
+
+    @staticmethod
+    def _triplet_mean(per_node: torch.Tensor, inv: torch.Tensor, B: int, n_neg: int
+                      ) -> torch.Tensor:
+        """Mean over the triplets of ``x_u + x_pos + mean x_neg`` for per-node ``x [n]``."""
+        x = per_node[inv]
+        return (x[:B] + x[B:2 * B] + x[2 * B:].view(B, n_neg).mean(1)).mean()
+
+    def _fuse_batch(self, nodes: torch.Tensor, scales: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Fused vectors of ``nodes`` under each slot scale ``scales [P, m, M]`` -> ``[P, n, d]``,
+        and each node's squared slot norm ``Σ_{m,b} ‖H_{m,b}‖²`` -> ``[n]``.
+
+        With the plain sum the slots are summed modality by modality, so the ``[n, m, M, d]``
+        slot tensor of a batch is never formed (on a large batch the step is memory-bound,
+        and this reads each modality's slots once for all scales and the norm).
+        """
+        if isinstance(self.fusion, SumFusion):
+            layers = [self.id_bands, *self.content.values()]
+            h, sq = 0.0, 0.0
+            n = nodes.numel()
+            for j, layer in enumerate(layers):
+                H = layer(nodes)                                             # [n, M, d]
+                # one product [P, M] @ [M, n·d] for all scales
+                Hb = H.transpose(0, 1).reshape(H.shape[1], -1)
+                h = h + (scales[:, j].to(H.dtype) @ Hb).view(-1, n, self.dim)
+                sq = sq + (H * H).sum(dim=(1, 2))
+            return h, sq
+        raw = self.slots(nodes)                                              # [n, m, M, d]
+        return (torch.stack([self.fuse(raw, s) for s in scales]),
+                raw.pow(2).sum(dim=(1, 2, 3)))
+
     def batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
+        """``L = L_rec + λ_mask L_mask + λ_cl L_cl + L_reg`` of a batch of ``B`` triplets."""
         B, n_neg = neg.shape
         uniq, inv = self._batch_nodes(users, pos, neg)
-        raw = self.slots(uniq)                                   # [n, m, M, d]
         alpha = self.reliability.alpha                           # [m, M]
-        h_full = self.fuse(raw, alpha)
-        h_masked = None
+        scales = [alpha]
         if self.mask.active:
             z = self.mask.sample(alpha.device, alpha.dtype)      # [M], shared by modalities
-            h_masked = self.fuse(raw, alpha * z)
+            scales.append(alpha * z)
+        hs, sq = self._fuse_batch(uniq, torch.stack(scales))
+        h_full, h_masked = hs[0], (hs[1] if len(scales) > 1 else None)
 
-        def reg():
-            return self.reg * self._triplet_mean(raw.pow(2).sum(dim=(1, 2, 3)), inv, B, n_neg) / 2
+        def scores(h):
+            x = h[inv]
+            hu, hp, hn = x[:B], x[B:2 * B], x[2 * B:].view(B, n_neg, -1)
+            return (hu * hp).sum(-1), (hu.unsqueeze(1) * hn).sum(-1)
 
-        return self._objective(uniq, inv, B, n_neg, h_full, h_masked, lambda items: raw[items],
-                               reg)
+        zero = h_full.new_zeros(())
+        if h_masked is not None:
+            pos_s, neg_s = scores(h_masked)
+            if self.consistency == "representation":
+                l_mask = consistency_loss(h_full, h_masked)
+            else:
+                pf, nf = scores(h_full)
+                l_mask = consistency_loss(torch.cat([pf.unsqueeze(1), nf], 1),
+                                          torch.cat([pos_s.unsqueeze(1), neg_s], 1))
+        else:
+            pos_s, neg_s = scores(h_full)
+            l_mask = zero
+        rec = ranking_loss(pos_s, neg_s, self.loss_kind)
+        l_cl = zero
+        if self.align is not None:
+            items = torch.nonzero(uniq >= self.n_users).flatten()
+            if items.numel() > self.align_items:
+                items = items[torch.randperm(items.numel(), device=items.device)[:self.align_items]]
+            l_cl = self.align(self.slots(uniq[items]))
+        l_reg = self.reg * self._triplet_mean(sq, inv, B, n_neg) / 2
+        total = rec + self.lambda_mask * l_mask + self.lambda_cl * l_cl + l_reg
+        return {"loss": total, "rec": rec, "mask": l_mask, "align": l_cl, "reg": l_reg}

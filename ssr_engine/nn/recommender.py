@@ -79,6 +79,40 @@ class Recommender(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def sparse_parameters(self):
+        """Parameters whose gradients are sparse (for ``torch.optim.SparseAdam``); none
+        unless a subclass says otherwise."""
+        return []
+
+    def dense_parameters(self):
+        """All other parameters (for ``torch.optim.Adam``)."""
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    @torch.no_grad()
+    def embed(self, nodes, chunk: int = 8192, progress=None) -> torch.Tensor:
+        """Inference vectors of ``nodes`` (users first, items offset by ``n_users``): ``[n, d]``.
+
+        This default computes :meth:`node_embeddings` and picks the rows; models whose
+        vectors are per node (SSR) embed only the nodes asked for.
+
+        Args:
+            nodes: ``[n]`` node ids.
+            chunk: nodes per block (where the model works in blocks).
+            progress: optional tqdm bar, advanced by the nodes done.
+        """
+        nodes = torch.as_tensor(nodes, dtype=torch.int64)
+        u, i = self.node_embeddings()
+        out = torch.cat([u, i])[nodes.to(u.device)]
+        if progress is not None:
+            progress.update(nodes.numel())
+        return out
+
+    def forward(self, users: torch.Tensor, pos: torch.Tensor,
+                neg: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The training losses (:meth:`loss`); a module call, so DDP can wrap it."""
+        return self.loss(users, pos, neg)
+
     def _check_ids(self, ids: torch.Tensor, n: int, what: str) -> torch.Tensor:
         ids = torch.as_tensor(ids, device=self.device)
         if ids.dtype not in (torch.int32, torch.int64):

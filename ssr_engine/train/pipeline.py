@@ -11,7 +11,7 @@
    (:func:`~ssr_engine.train.precompute.precompute_bands`, progress bars with rates and
    ETA) or reused when the store in the output folder was computed from the same inputs;
    a full disk is refused before writing, and the checkpoint is left as it was;
-4. **training** — :class:`~ssr_engine.train.large.LargeTrainer` (constant-cost steps,
+4. **training** — :class:`~ssr_engine.train.Trainer` (constant-cost steps,
    checkpoint every epoch and on SIGINT/SIGTERM, exact resume, sampled full ranking);
 5. **report** — ``<out>/metrics.json`` (written atomically by process 0) and a summary.
 
@@ -39,10 +39,10 @@ import torch.distributed as dist
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
 from .checkpoint import atomic_write, remove_leftovers
-from .large import LargeConfig, LargeTrainer
+from .trainer import TrainConfig, Trainer
+from ..nn import SSRModel
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
-from .stored_model import StoredSSR
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
            "synthetic_modalities"]
@@ -85,13 +85,14 @@ class LargeRun:
         store_dir: band store folder (default ``out/bands``).
         seed, quiet, device: run settings.
         threads: torch threads (default 1; see ``_threads``).
-        n_bands, order, k, d0, reduce, store_dtype, delta: band settings
-            (:func:`~ssr_engine.train.precompute.precompute_bands`).
-        dim, rank, residual, fusion, band_mask, mask_p, lambda_mask, consistency, align,
-            lambda_cl, tau, reg, loss: model settings
-            (:class:`~ssr_engine.train.stored_model.StoredSSR`).
+        n_bands, order, k, d0, reduce, store_dtype, delta, id_basis: band settings
+            (:func:`~ssr_engine.train.precompute.precompute_bands`; ``id_basis`` is its
+            ``id_k``).
+        dim, rank, id_prior, fusion, band_mask, mask_p, lambda_mask, consistency, align,
+            lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`, which
+            reads its band slots from the store and updates its ID residual sparsely).
         epochs, batch_size, lr, n_neg, patience, eval_every, eval_users,
-            checkpoint_every: training settings (:class:`~ssr_engine.train.large.LargeConfig`).
+            checkpoint_every: training settings (:class:`~ssr_engine.train.TrainConfig`).
     """
 
     out: Path = Path("runs/train_large")
@@ -111,14 +112,15 @@ class LargeRun:
     n_bands: int = 4
     order: Optional[int] = None
     k: Optional[int] = None
-    d0: int = 32
+    d0: int = 64
     reduce: str = "pca"
     store_dtype: str = "float32"
     delta: float = 0.01
+    id_basis: Optional[int] = None
     dim: int = 64
     rank: int = 16
-    residual: bool = True
-    fusion: str = "cp"
+    id_prior: str = "none"
+    fusion: str = "sum"
     band_mask: bool = True
     mask_p: float = 0.2
     lambda_mask: float = 0.1
@@ -129,7 +131,7 @@ class LargeRun:
     reg: float = 1e-4
     loss: str = "bpr"
     epochs: int = 5
-    batch_size: int = 8192
+    batch_size: int = 2048
     lr: float = 1e-3
     n_neg: int = 1
     patience: int = 20
@@ -247,9 +249,9 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     if opts.data is None and dataset is None:     # refuse before generating anything
         U, I, E = opts.synthetic
         mods = synthetic_modalities(opts.modalities)
-        est = check_feasible(opts.approx, U, I, int(0.8 * E), opts.d0 + sum(
+        est = check_feasible(opts.approx, U, I, int(0.8 * E), sum(
             min(d, opts.d0) for d in mods.values()), opts.n_bands, opts.order, opts.k,
-            store_dtype=opts.store_dtype)
+            store_dtype=opts.store_dtype, id_k=opts.id_basis)
         _check_store_space(store_dir, est.store_bytes, ckpt)
 
     t0 = time.perf_counter()
@@ -260,9 +262,9 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     timings["data"] = time.perf_counter() - t0
     log(f"[data] {ds}")
     n_train = int((ds.split == 0).sum())
-    widths = opts.d0 + sum(min(int(f.shape[1]), opts.d0) for f in ds.features.values())
+    widths = sum(min(int(f.shape[1]), opts.d0) for f in ds.features.values())
     est = check_feasible(opts.approx, ds.n_users, ds.n_items, n_train, widths, opts.n_bands,
-                         opts.order, opts.k, store_dtype=opts.store_dtype)
+                         opts.order, opts.k, store_dtype=opts.store_dtype, id_k=opts.id_basis)
     log(f"[plan] {est}")
     _check_store_space(store_dir, est.store_bytes, ckpt)
 
@@ -278,7 +280,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                 graph, ds.features, store_dir, approx=opts.approx, n_bands=opts.n_bands,
                 order=opts.order, k=opts.k, d0=opts.d0, reduce=opts.reduce, seed=opts.seed,
                 delta=opts.delta, store_dtype=opts.store_dtype, distributed=opts.distributed,
-                quiet=opts.quiet)
+                quiet=opts.quiet, id_k=opts.id_basis)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise _kept(e, ckpt) from e
@@ -287,19 +289,21 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     log(f"[bands] {plan.method}, order {plan.order}, edges "
         + ", ".join(f"{x:.3f}" for x in plan.edges)
         + ("" if plan.shares is None else "; shares " + ", ".join(f"{x:.2f}" for x in plan.shares)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(opts.seed)
+        model = SSRModel(graph, source=store.source(), dim=opts.dim, rank=opts.rank,
+                         id_prior=opts.id_prior, fusion=opts.fusion, band_mask=opts.band_mask,
+                         mask_p=opts.mask_p, lambda_mask=opts.lambda_mask,
+                         consistency=opts.consistency, align=opts.align,
+                         lambda_cl=opts.lambda_cl, tau=opts.tau, reg=opts.reg, loss=opts.loss,
+                         seed=opts.seed, sparse_residual=True).to(opts.device)
     del graph
     gc.collect()
-
-    model = StoredSSR(store, ds.user_item_matrix("train"), dim=opts.dim, rank=opts.rank,
-                      residual=opts.residual, fusion=opts.fusion, band_mask=opts.band_mask,
-                      mask_p=opts.mask_p, lambda_mask=opts.lambda_mask,
-                      consistency=opts.consistency, align=opts.align, lambda_cl=opts.lambda_cl,
-                      tau=opts.tau, reg=opts.reg, loss=opts.loss, seed=opts.seed).to(opts.device)
-    cfg = LargeConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+    cfg = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
                       n_neg=opts.n_neg, patience=opts.patience, eval_every=opts.eval_every,
                       eval_users=opts.eval_users, seed=opts.seed,
                       checkpoint_every=opts.checkpoint_every, quiet=opts.quiet)
-    trainer = LargeTrainer(model, ds, cfg, checkpoint=ckpt, distributed=opts.distributed)
+    trainer = Trainer(model, ds, cfg, checkpoint=ckpt, distributed=opts.distributed)
     if trainer.epoch or trainer.step:
         log(f"[train] resuming after epoch {trainer.epoch}, step {trainer.step}")
     log(f"[train] {trainer.steps_per_epoch} steps of {cfg.batch_size} per epoch"

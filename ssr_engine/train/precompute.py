@@ -7,11 +7,12 @@ so the band signals of every modality are computed once, written to a
 * **content modalities** — item features reduced to ``d0`` columns (PCA with a fixed sign
   convention, or a fixed random projection), lifted to the graph (users: mean of their
   training items, :meth:`~ssr_engine.InteractionGraph.node_signal`) and scaled to unit RMS;
-* **the ID modality** — a fixed random projection ``P [N, d0]`` of the one-hot node ids
-  (i.i.d. standard normal rows, generated block by block from the seed, so every process
-  can make any rows on its own), band-filtered like the content signals. The model projects
-  it with a learnable ``W`` (and adds a free per-node residual, see
-  :class:`~ssr_engine.train.stored_model.StoredSSR`).
+* **the ID modality** — its eigenbasis (:func:`~ssr_engine.nn.sources.id_basis`: the ``k``
+  lowest and ``k`` highest eigenpairs of ``L`` from one partial SVD of ``R̃``, or the full
+  basis on small graphs), stored as rows ``[N, K]`` with the eigenvalues in the metadata.
+  The model learns spectral coefficients on it plus a free per-node residual for the
+  spectrum it does not cover (:class:`~ssr_engine.nn.SpectralIDBands`), exactly as in
+  memory; a step reads its batch's basis rows (``O(n·K·d)``).
 
 Band methods (``approx``): ``"chebyshev"`` — Jackson-damped Chebyshev filters whose edges
 balance the energy of a probe of the content signals, found from KPM moments of the same
@@ -39,16 +40,17 @@ from .. import ops
 from ..distributed import collective
 from ..graph import InteractionGraph
 from ..graph.partition import PartitionedOperator
+from ..nn.sources import id_basis, id_basis_k, reduce_features
 from ..spectral import SpectralBands, band_coefficients, band_edges, band_energies, kpm_atoms
 from ..spectral.bands import AUTO_EXACT_ENTRIES, AUTO_ORDERS, exact_memory_estimate
 from ..spectral.kpm import ATOM_MIN_MOMENTS
 from .store import BandStore, BandWriter, store_nbytes
 
 __all__ = ["APPROX", "BandPlan", "Estimate", "check_feasible", "estimate_cost",
-           "id_projection", "reduce_item_features", "precompute_bands", "resolve_approx"]
+           "id_projection", "precompute_bands", "resolve_approx"]
 
 APPROX = ("auto", "exact", "eigen", "lobpcg", "chebyshev")
-#: rows per block of the ID projection (fixed: the projection must not depend on the layout).
+#: rows per block of the random node rows (fixed: they must not depend on the layout).
 ID_BLOCK = 1 << 16
 #: the automatic Chebyshev order tries AUTO_ORDERS up to this.
 MAX_AUTO_ORDER = 64
@@ -78,8 +80,9 @@ class Estimate:
 
     Attributes:
         approx: the band method.
-        memory_bytes: peak working memory of the band computation.
-        seconds: time on a 2-core CPU (order of magnitude).
+        memory_bytes: peak working memory of the band computation (the larger of the
+            content bands' and the ID basis').
+        seconds: time on a 2-core CPU (order of magnitude), content bands plus ID basis.
         store_bytes: disk size of the band store.
         detail: how the figures were obtained.
     """
@@ -108,24 +111,48 @@ def _duration(s: float) -> str:
 
 def estimate_cost(approx: str, n_users: int, n_items: int, n_edges: int, widths: int,
                   n_bands: int = 4, order: Optional[int] = None, k: Optional[int] = None,
-                  store_dtype: str = "float32") -> Estimate:
+                  store_dtype: str = "float32", id_k: Optional[int] = None) -> Estimate:
     """Estimate memory and time of the band precompute.
 
     Args:
         approx: ``"exact"``, ``"eigen"``, ``"lobpcg"`` or ``"chebyshev"`` (resolve ``"auto"``
             first).
         n_users, n_items, n_edges: graph size (training interactions).
-        widths: total feature columns over all modalities (ID included).
+        widths: total content feature columns over all modalities.
         n_bands: ``M``.
         order: Chebyshev order (default: the largest automatic one).
         k: eigenpairs per end for ``"eigen"``.
         store_dtype: storage dtype of the band store.
+        id_k: eigenpairs per end of the ID basis (default:
+            :func:`~ssr_engine.nn.sources.default_id_basis`).
 
     Returns:
         An :class:`Estimate`.
     """
+    content = _content_cost(approx, n_users, n_items, n_edges, widths, n_bands, order, k)
     N = n_users + n_items
-    store = store_nbytes(N, n_bands, {"all": widths}, store_dtype)
+    K, mem, secs, what = _id_basis_cost(N, 2 * n_edges, id_k)
+    store = store_nbytes(N, n_bands, {"all": widths}, store_dtype, K)
+    return Estimate(approx, max(content.memory_bytes, mem), content.seconds + secs, store,
+                    f"{content.detail}; {what}")
+
+
+def _id_basis_cost(N: int, nnz: int, id_k: Optional[int]) -> Tuple[int, float, float, str]:
+    """``(K, memory, seconds, detail)`` of the ID basis (measured on 2 cores: 24 s and 3.5 GB
+    for k = 256 at 180k nodes and 3.8M nonzeros; 35 s and 6.1 GB for k = 64 at 1.5M nodes)."""
+    k = id_basis_k(N, id_k)
+    if k is None:
+        return N, 8.0 * N * N * 3, 4.0 * N ** 3 / _DENSE_FLOPS, f"full ID basis ({N} vectors)"
+    mem = 60.0 * N * k + 12.0 * nnz
+    secs = 2.5e-8 * nnz * k + 1e-9 * N * k * k
+    return 2 * k, mem, secs, f"ID basis of {2 * k} eigenvectors"
+
+
+def _content_cost(approx: str, n_users: int, n_items: int, n_edges: int, widths: int,
+                  n_bands: int, order: Optional[int], k: Optional[int]) -> Estimate:
+    """Memory and time of the content bands (``store_bytes`` left 0)."""
+    N = n_users + n_items
+    store = 0
     nnz = 2 * n_edges
     if approx == "exact":
         small, large = sorted((n_users, n_items))
@@ -166,12 +193,12 @@ def _available_memory() -> float:
 def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths: int,
                    n_bands: int = 4, order: Optional[int] = None, k: Optional[int] = None,
                    memory: Optional[float] = None, max_seconds: float = 86400.0,
-                   store_dtype: str = "float32") -> Estimate:
+                   store_dtype: str = "float32", id_k: Optional[int] = None) -> Estimate:
     """Refuse, before any work, a graph too large for ``approx``; return the estimate.
 
     Args:
         approx: the band method (``"auto"`` is resolved first).
-        n_users, n_items, n_edges, widths, n_bands, order, k, store_dtype: see
+        n_users, n_items, n_edges, widths, n_bands, order, k, store_dtype, id_k: see
             :func:`estimate_cost`.
         memory: bytes available (default: ``MemAvailable`` of ``/proc/meminfo``).
         max_seconds: longest acceptable precompute.
@@ -188,7 +215,8 @@ def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths
         'chebyshev'
     """
     approx = resolve_approx(approx, n_users, n_items)
-    est = estimate_cost(approx, n_users, n_items, n_edges, widths, n_bands, order, k, store_dtype)
+    est = estimate_cost(approx, n_users, n_items, n_edges, widths, n_bands, order, k, store_dtype,
+                        id_k)
     memory = _available_memory() if memory is None else float(memory)
     reasons = []
     if est.memory_bytes > memory:
@@ -197,12 +225,12 @@ def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths
         reasons.append(f"that is more than the {_duration(max_seconds)} allowed")
     if reasons:
         if approx == "chebyshev":
-            advice = ("Lower --d0 or --n-bands, or run on a machine with more memory "
-                      "(--distributed splits the rows over processes)")
+            advice = ("Lower --d0, --n-bands or --id-basis, or run on a machine with more "
+                      "memory (--distributed splits the content rows over processes)")
         else:
             advice = "Use instead " + str(estimate_cost(
                 "chebyshev", n_users, n_items, n_edges, widths, n_bands, None,
-                store_dtype=store_dtype))
+                store_dtype=store_dtype, id_k=id_k))
         raise ValueError(f"a graph of {n_users} users x {n_items} items ({n_edges} training "
                          f"interactions) is too large for {est}: " + "; ".join(reasons)
                          + f". {advice}")
@@ -211,11 +239,11 @@ def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths
 
 # -- signals -----------------------------------------------------------------------------------
 def id_projection(lo: int, hi: int, d0: int, seed: int) -> torch.Tensor:
-    """Rows ``lo … hi-1`` of the fixed random ID projection ``P [N, d0]`` (float32).
+    """Rows ``lo … hi-1`` of a fixed random node signal ``P [N, d0]`` (float32): the white
+    probe whose energy is the graph's spectral density (edges of ID-only graphs).
 
-    Row ``v`` of ``P`` is the random projection of the one-hot vector of node ``v``: i.i.d.
-    standard normal, generated in blocks of ``ID_BLOCK`` rows from ``(seed, block)``, so the
-    same rows come out whichever process asks for them.
+    Row ``v`` of ``P`` is i.i.d. standard normal, generated in blocks of ``ID_BLOCK`` rows from
+    ``(seed, block)``, so the same rows come out whichever process asks for them.
 
     Example:
         >>> bool((id_projection(3, 9, 4, 0) == id_projection(0, 20, 4, 0)[3:9]).all())
@@ -230,37 +258,6 @@ def id_projection(lo: int, hi: int, d0: int, seed: int) -> torch.Tensor:
         a, e = max(lo, b * ID_BLOCK) - b * ID_BLOCK, min(hi, (b + 1) * ID_BLOCK) - b * ID_BLOCK
         out.append(block[a:e])
     return torch.from_numpy(np.concatenate(out) if out else np.zeros((0, d0), np.float32))
-
-
-def reduce_item_features(features, d0: int, method: str = "pca", seed: int = 0) -> torch.Tensor:
-    """Reduce ``[n_items, d_m]`` features to ``[n_items, min(d_m, d0)]`` (float64).
-
-    ``"pca"``: centred SVD, each component's sign fixed so that its largest-magnitude
-    loading is positive (the result does not depend on the LAPACK build or thread count).
-    ``"random"``: a fixed Gaussian projection ``[d_m, d0] / sqrt(d0)`` drawn from ``seed``.
-    Features with at most ``d0`` columns are returned unchanged.
-
-    Example:
-        >>> import torch
-        >>> reduce_item_features(torch.randn(50, 10), 4).shape
-        torch.Size([50, 4])
-    """
-    x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor)
-                        else features).to(torch.float64)
-    if x.dim() != 2:
-        raise ValueError(f"features must be [n_items, d], got {tuple(x.shape)}")
-    if method not in ("pca", "random"):
-        raise ValueError(f"reduce must be 'pca' or 'random', got {method!r}")
-    if x.shape[1] <= d0:
-        return x
-    if method == "random":
-        g = np.random.default_rng([int(seed), 0xF0]).standard_normal((x.shape[1], d0))
-        return x @ torch.from_numpy(g / math.sqrt(d0))
-    xc = x - x.mean(0, keepdim=True)
-    _, _, vh = torch.linalg.svd(xc, full_matrices=False)
-    comp = vh[:d0]
-    sign = torch.sign(comp.gather(1, comp.abs().argmax(1, keepdim=True)))
-    return xc @ (comp * sign).T
 
 
 def _node_rows(graph: InteractionGraph, items: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -382,7 +379,7 @@ class _Ticking:
 
 def _store_key(graph: InteractionGraph, features: Mapping[str, np.ndarray], approx: str,
                n_bands: int, order, k, d0: int, reduce: str, seed: int, delta: float,
-               dtype: str, compute_dtype: torch.dtype) -> Dict:
+               dtype: str, compute_dtype: torch.dtype, id_k: Optional[int]) -> Dict:
     R = graph.interaction_matrix()
     crc = zlib.crc32(R.indptr.astype(np.int64).tobytes())
     crc = zlib.crc32(R.indices.astype(np.int64).tobytes(), crc)
@@ -391,7 +388,7 @@ def _store_key(graph: InteractionGraph, features: Mapping[str, np.ndarray], appr
     return {"graph": [graph.n_users, graph.n_items, int(R.nnz), crc], "features": feats,
             "approx": approx, "n_bands": n_bands, "order": order, "k": k, "d0": d0,
             "reduce": reduce, "seed": seed, "delta": delta, "dtype": dtype,
-            "compute_dtype": str(compute_dtype).split(".")[-1]}
+            "compute_dtype": str(compute_dtype).split(".")[-1], "id_basis": id_k}
 
 
 def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray],
@@ -400,12 +397,14 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
                      reduce: str = "pca", seed: int = 0, delta: float = 0.01,
                      store_dtype: str = "float32", compute_dtype: torch.dtype = torch.float32,
                      distributed: bool = False, quiet: bool = False,
-                     chunk_bytes: int = 1 << 30) -> Tuple[BandStore, BandPlan]:
+                     chunk_bytes: int = 1 << 30, id_k: Optional[int] = None
+                     ) -> Tuple[BandStore, BandPlan]:
     """Compute the band features of every modality once and store them (or reuse the store).
 
     All modalities share one set of band edges, balanced on a random probe of the content
     signals (a white probe when there are none), so band ``b`` is the same frequency range
-    in every modality. The ID modality is stored as ``"id"``, first.
+    in every modality. The ID modality is stored as its eigenbasis (``basis``, eigenvalues in
+    the metadata); ``store.source()`` is the band source of an :class:`~ssr_engine.SSRModel`.
 
     Args:
         graph: the training interaction graph.
@@ -417,9 +416,9 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         n_bands: ``M``.
         order: Chebyshev order ``K`` (default: automatic up to ``MAX_AUTO_ORDER``).
         k: eigenpairs per end for ``"eigen"``.
-        d0: width of the reduced features and of the ID projection.
+        d0: width of the reduced content features.
         reduce: ``"pca"`` or ``"random"`` feature reduction.
-        seed: seed of the ID projection, the probe and the random reduction.
+        seed: seed of the white probe and of the random reduction.
         delta: spectral padding of ``L̃`` (``"chebyshev"``).
         store_dtype: ``"float32"`` or ``"float16"`` storage.
         compute_dtype: dtype of the filtering (float32 default, float64 on request).
@@ -429,6 +428,8 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         quiet: no progress bars.
         chunk_bytes: bound on the ``[M, N, c]`` band block computed at once (columns are
             processed in chunks that fit it).
+        id_k: eigenpairs per end of the ID basis (default:
+            :func:`~ssr_engine.nn.sources.default_id_basis`; computed by process 0 alone).
 
     Returns:
         ``(store, plan)``.
@@ -444,8 +445,8 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         >>> ds = synthetic_dataset(200, 100, 2000, modalities={"text": 8}, seed=0)
         >>> store, plan = precompute_bands(ds.train_graph(), ds.features, tempfile.mkdtemp(),
         ...                                n_bands=3, order=16, d0=8, quiet=True)
-        >>> store.modalities, store.rows([0, 1])["text"].shape
-        (['id', 'text'], torch.Size([2, 3, 8]))
+        >>> store.modalities, store.rows([0, 1])["text"].shape, store.basis_width
+        (['text'], torch.Size([2, 3, 8]), 300)
     """
     approx = resolve_approx(approx, graph.n_users, graph.n_items)
     if n_bands < 1 or d0 < 1:
@@ -458,8 +459,9 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
                          "process)")
     if "id" in features:
         raise ValueError("'id' names the ID modality; rename the content modality 'id'")
+    id_basis_k(graph.n_nodes, id_k)                     # validates id_k
     key = _store_key(graph, features, approx, n_bands, order, k, d0, reduce, seed, delta,
-                     store_dtype, compute_dtype)
+                     store_dtype, compute_dtype, id_k)
     root = Path(root)
     rank = dist.get_rank() if distributed else 0
     N = graph.n_nodes
@@ -479,12 +481,12 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         return store, BandPlan(**store.meta["info"]["plan"])
 
     show = not quiet and rank == 0
-    reduced = {name: reduce_item_features(f, d0, reduce, seed) for name, f in features.items()}
-    dims = {"id": d0, **{name: int(x.shape[1]) for name, x in reduced.items()}}
+    reduced = {name: reduce_features(f, d0, reduce, seed) for name, f in features.items()}
+    dims = {name: int(x.shape[1]) for name, x in reduced.items()}
+    per_end = id_basis_k(N, id_k)
+    id_width = N if per_end is None else 2 * per_end
 
     def signal(name: str) -> torch.Tensor:
-        if name == "id":
-            return id_projection(rows.lo, rows.hi, d0, seed).to(compute_dtype)
         x = _node_rows(graph, reduced[name], rows.lo, rows.hi)
         return _unit_rms(x, rows, N).to(compute_dtype)
 
@@ -518,7 +520,7 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
     writer = None
     if rank == 0:
         try:
-            writer = BandWriter.create(root, N, n_bands, dims, key, store_dtype)
+            writer = BandWriter.create(root, N, n_bands, dims, key, store_dtype, id_width)
         except OSError as e:
             err = [e]
     if distributed:
@@ -557,11 +559,20 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
                 writer.write(name, bands, rows.lo, slice(lo, hi))
                 del bands
             del x
+    # 4. the ID basis (process 0; one partial SVD of the smaller side's R̃).
+    info = {"plan": plan.to_dict()}
+    if rank == 0:
+        if show:
+            what = "full" if per_end is None else f"{per_end} lowest + {per_end} highest"
+            print(f"[bands] ID basis: {what} eigenpairs of L ...", flush=True)
+        lam, U, partial = id_basis(graph, id_k, progress=show)
+        writer.write_basis(U)
+        info["id"] = {"eigenvalues": [float(x) for x in lam], "partial": partial}
+        del U
     writer.flush()
     if distributed:
         with collective("band store barrier"):
             dist.barrier()
-    info = {"plan": plan.to_dict()}
     if rank == 0:
         store = writer.commit(info)
     if distributed:

@@ -1,8 +1,10 @@
 """Band features on disk: computed once, read by rows during training (DESIGN.md §3).
 
-A band store is a folder holding one ``<modality>.npy`` per modality, each ``[N, M, d_m]``
-(node-major: a node's bands are one contiguous run, so a batch reads one run per node and
-modality), and a ``meta.json`` that is written last. The arrays are memory-mapped for
+A band store is a folder holding one ``<modality>.npy`` per content modality, each
+``[N, M, d_m]`` (node-major: a node's bands are one contiguous run, so a batch reads one run
+per node and modality), the ID modality's eigenbasis ``basis.npy`` ``[N, K]`` (its eigenvalues
+in the metadata), and a ``meta.json`` that is written last. :meth:`BandStore.source` turns it
+into the :class:`~ssr_engine.nn.sources.BandSource` of an :class:`~ssr_engine.SSRModel`. The arrays are memory-mapped for
 reading, so a training step touches only the rows of its batch and the store may be larger
 than the memory the process keeps resident.
 
@@ -26,6 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from ..nn.sources import BandSource, StoredRows
 from .checkpoint import atomic_write
 
 __all__ = ["BandStore", "BandWriter", "store_nbytes", "check_space"]
@@ -36,17 +39,28 @@ FORMAT = "ssr-band-store-1"
 # Space kept free beyond the store itself (checkpoints and logs still need room).
 MARGIN_BYTES = 256 << 20
 _DTYPES = {"float32": np.float32, "float16": np.float16}
+#: file name (without ``.npy``) of the ID eigenbasis.
+BASIS = "basis"
+
+
+def _files(meta: Mapping[str, Any]) -> Dict[str, tuple]:
+    """The store's arrays: file name -> shape (the content modalities, then the basis)."""
+    N, M = int(meta["n_nodes"]), int(meta["n_bands"])
+    out = {name: (N, M, int(d)) for name, d in meta["dims"].items()}
+    if int(meta.get("basis", 0)):
+        out[BASIS] = (N, int(meta["basis"]))
+    return out
 
 
 def store_nbytes(n_nodes: int, n_bands: int, dims: Mapping[str, int],
-                 dtype: str = "float32") -> int:
-    """Bytes of a store's arrays: ``N · M · Σ_m d_m · itemsize``.
+                 dtype: str = "float32", basis: int = 0) -> int:
+    """Bytes of a store's arrays: ``N · (M · Σ_m d_m + K) · itemsize`` (``K = basis``).
 
     Example:
-        >>> store_nbytes(1000, 4, {"id": 32, "text": 16})
-        768000
+        >>> store_nbytes(1000, 4, {"image": 32, "text": 16}, basis=64)
+        1024000
     """
-    return int(n_nodes) * int(n_bands) * sum(int(d) for d in dims.values()) * \
+    return int(n_nodes) * (int(n_bands) * sum(int(d) for d in dims.values()) + int(basis)) * \
         np.dtype(_DTYPES[dtype]).itemsize
 
 
@@ -91,21 +105,26 @@ class BandStore:
     Attributes:
         root: the store folder.
         meta: the ``meta.json`` content: ``"key"`` (what the bands were computed from),
-            ``"n_nodes"``, ``"n_bands"``, ``"dims"``, ``"dtype"`` and free-form ``"info"``.
-        modalities: modality names in storage order.
+            ``"n_nodes"``, ``"n_bands"``, ``"dims"``, ``"basis"`` (``K``), ``"dtype"`` and
+            free-form ``"info"`` (the pipeline keeps the band plan under ``"plan"`` and the
+            ID basis' eigenvalues under ``"id"``).
+        modalities: content modality names in storage order.
 
     Shapes:
-        ``rows(nodes [n])`` -> ``{name: [n, M, d_m]}`` float32.
+        ``rows(nodes [n])`` -> ``{name: [n, M, d_m]}`` float32; ``basis_rows(nodes [n])`` ->
+        ``[n, K]``.
 
     Example:
         >>> import tempfile, torch
         >>> from ssr_engine.train.store import BandStore, BandWriter
         >>> root = tempfile.mkdtemp()
-        >>> w = BandWriter.create(root, n_nodes=5, n_bands=2, dims={"id": 3}, key={"seed": 0})
-        >>> w.write("id", torch.ones(2, 5, 3))
+        >>> w = BandWriter.create(root, n_nodes=5, n_bands=2, dims={"text": 3}, key={"seed": 0},
+        ...                       basis=4)
+        >>> w.write("text", torch.ones(2, 5, 3))
+        >>> w.write_basis(torch.eye(5, 4))
         >>> store = w.commit()
-        >>> store.rows(torch.tensor([0, 4]))["id"].shape
-        torch.Size([2, 2, 3])
+        >>> store.rows(torch.tensor([0, 4]))["text"].shape, store.basis_rows([0, 4]).shape
+        (torch.Size([2, 2, 3]), torch.Size([2, 4]))
         >>> BandStore.open(root, key={"seed": 0}).n_nodes
         5
     """
@@ -115,15 +134,19 @@ class BandStore:
         self.meta = meta
         self.modalities = list(meta["dims"])
         self._arrays = {}
-        for name in self.modalities:
+        for name, want in _files(meta).items():
             path = self.root / f"{name}.npy"
             arr = np.load(path, mmap_mode="r")
-            want = (self.n_nodes, self.n_bands, int(meta["dims"][name]))
             if arr.shape != want or arr.dtype != _DTYPES[meta["dtype"]]:
                 raise ValueError(f"{path} holds {arr.dtype} {arr.shape}, meta.json says "
                                  f"{meta['dtype']} {want}; the store is damaged — delete "
                                  f"{self.root} to recompute it")
             self._arrays[name] = arr
+        self._basis = self._arrays.pop(BASIS, None)
+
+    @property
+    def basis_width(self) -> int:
+        return int(self.meta.get("basis", 0))
 
     @property
     def n_nodes(self) -> int:
@@ -139,11 +162,12 @@ class BandStore:
 
     @property
     def nbytes(self) -> int:
-        return store_nbytes(self.n_nodes, self.n_bands, self.dims, self.meta["dtype"])
+        return store_nbytes(self.n_nodes, self.n_bands, self.dims, self.meta["dtype"],
+                            self.basis_width)
 
     def __repr__(self) -> str:
         return (f"BandStore({str(self.root)!r}, nodes={self.n_nodes}, bands={self.n_bands}, "
-                f"dims={self.dims}, {_gb(self.nbytes)})")
+                f"dims={self.dims}, basis={self.basis_width}, {_gb(self.nbytes)})")
 
     @classmethod
     def open(cls, root: PathLike, key: Optional[Dict[str, Any]] = None) -> "BandStore":
@@ -192,9 +216,36 @@ class BandStore:
         return {name: torch.from_numpy(np.asarray(arr[idx], dtype=np.float32))
                 for name, arr in self._arrays.items()}
 
+    def basis_rows(self, nodes) -> torch.Tensor:
+        """Rows of the ID eigenbasis: ``[n, K]`` float32."""
+        if self._basis is None:
+            raise ValueError(f"the band store in {self.root} holds no ID basis")
+        idx = nodes.detach().cpu().numpy() if isinstance(nodes, torch.Tensor) else \
+            np.asarray(nodes)
+        return torch.from_numpy(np.asarray(self._basis[idx], dtype=np.float32))
+
     def array(self, name: str) -> np.ndarray:
         """The read-only memory map ``[N, M, d_m]`` of one modality."""
         return self._arrays[name]
+
+    def source(self) -> BandSource:
+        """The store as the band source of an :class:`~ssr_engine.SSRModel`: content bands
+        and ID basis read by rows, edges and eigenvalues from the metadata.
+
+        Raises:
+            ValueError: when the store lacks the ID basis or the band plan (written by an
+                older version, or not by the pipeline): recompute it.
+        """
+        info = self.meta.get("info", {})
+        if self._basis is None or "plan" not in info or "id" not in info:
+            raise ValueError(f"the band store in {self.root} holds no ID basis or band plan "
+                             "(an older format); delete it to recompute")
+        plan = info["plan"]
+        lam = torch.tensor(info["id"]["eigenvalues"], dtype=torch.float64)
+        return BandSource(self.n_nodes, torch.tensor(plan["edges"], dtype=torch.float64),
+                          {name: StoredRows(arr) for name, arr in self._arrays.items()},
+                          lam, StoredRows(self._basis), bool(info["id"]["partial"]),
+                          report=plan, identity={"store": self.meta["key"]})
 
 
 class BandWriter:
@@ -204,10 +255,11 @@ class BandWriter:
         root: the store folder (created; an older store in it is invalidated first).
         n_nodes: ``N``.
         n_bands: ``M``.
-        dims: modality name -> feature width ``d_m`` (the storage order).
+        dims: content modality name -> feature width ``d_m`` (the storage order).
         key: JSON-serialisable description of what the bands are computed from; a later
             :meth:`BandStore.open` with the same key reuses the store.
         dtype: ``"float32"`` (default) or ``"float16"`` storage.
+        basis: width ``K`` of the ID eigenbasis (0: none).
 
     Raises:
         OSError: ``errno.ENOSPC`` when the disk cannot hold the store (checked before any
@@ -218,46 +270,48 @@ class BandWriter:
     def __init__(self, root: Path, meta: Dict[str, Any]):
         self.root, self.meta = root, meta
         self._maps = {name: np.load(root / f"{name}.npy.partial", mmap_mode="r+")
-                      for name in meta["dims"]}
+                      for name in _files(meta)}
 
     @classmethod
     def create(cls, root: PathLike, n_nodes: int, n_bands: int, dims: Mapping[str, int],
-               key: Dict[str, Any], dtype: str = "float32") -> "BandWriter":
+               key: Dict[str, Any], dtype: str = "float32", basis: int = 0) -> "BandWriter":
         root = Path(root)
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        if n_nodes < 1 or n_bands < 1 or not dims or min(dims.values()) < 1:
-            raise ValueError(f"need n_nodes, n_bands >= 1 and positive widths, got {n_nodes}, "
-                             f"{n_bands}, {dict(dims)}")
+        if n_nodes < 1 or n_bands < 1 or basis < 0 or (dims and min(dims.values()) < 1) \
+                or not (dims or basis):
+            raise ValueError(f"need n_nodes, n_bands >= 1, positive widths and an array to "
+                             f"store, got {n_nodes}, {n_bands}, {dict(dims)}, basis {basis}")
         for name in dims:
-            if not name or "/" in name or name.startswith("."):
-                raise ValueError(f"modality name {name!r} cannot be a file name")
+            if not name or "/" in name or name.startswith(".") or name == BASIS:
+                raise ValueError(f"modality name {name!r} cannot be a file name of the store")
         root.mkdir(parents=True, exist_ok=True)
         meta_path = root / META
         if meta_path.exists():
             meta_path.unlink()                       # the old store is no longer valid
-        need = store_nbytes(n_nodes, n_bands, dims, dtype)
-        old = sum((root / f"{n}{s}").stat().st_size for n in dims for s in (".npy", ".npy.partial")
-                  if (root / f"{n}{s}").exists())
+        meta = {"format": FORMAT, "key": json.loads(json.dumps(key)), "n_nodes": int(n_nodes),
+                "n_bands": int(n_bands), "dims": {k: int(v) for k, v in dims.items()},
+                "basis": int(basis), "dtype": dtype, "info": {}}
+        shapes = _files(meta)
+        need = store_nbytes(n_nodes, n_bands, dims, dtype, basis)
+        old = sum((root / f"{n}{s}").stat().st_size for n in shapes
+                  for s in (".npy", ".npy.partial") if (root / f"{n}{s}").exists())
         check_space(root, need, old)
-        for name in dims:
+        for name in shapes:
             for suffix in (".npy", ".npy.partial"):
                 p = root / f"{name}{suffix}"
                 if p.exists():
                     p.unlink()
-        meta = {"format": FORMAT, "key": json.loads(json.dumps(key)), "n_nodes": int(n_nodes),
-                "n_bands": int(n_bands), "dims": {k: int(v) for k, v in dims.items()},
-                "dtype": dtype, "info": {}}
         try:
-            for name, d in dims.items():
+            for name, shape in shapes.items():
                 path = root / f"{name}.npy.partial"
                 arr = np.lib.format.open_memmap(path, mode="w+", dtype=_DTYPES[dtype],
-                                                shape=(int(n_nodes), int(n_bands), int(d)))
+                                                shape=shape)
                 del arr
                 with open(path, "r+b") as fh:            # reserve the blocks now
                     os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
         except OSError as e:
-            for name in dims:
+            for name in shapes:
                 p = root / f"{name}.npy.partial"
                 if p.exists():
                     p.unlink()
@@ -277,9 +331,10 @@ class BandWriter:
               columns: Optional[slice] = None) -> None:
         """Write ``bands [M, n, c]`` into rows ``row_start … row_start+n-1`` of one modality
         (all its columns, or the column range ``columns``)."""
-        arr = self._maps.get(name)
+        arr = self._maps.get(name) if name != BASIS else None
         if arr is None:
-            raise ValueError(f"unknown modality {name!r}; the store holds {list(self._maps)}")
+            raise ValueError(f"unknown modality {name!r}; the store holds "
+                             f"{list(self.meta['dims'])}")
         b = bands.detach().cpu().numpy() if isinstance(bands, torch.Tensor) else np.asarray(bands)
         columns = slice(0, arr.shape[2]) if columns is None else columns
         width = len(range(*columns.indices(arr.shape[2])))
@@ -290,6 +345,19 @@ class BandWriter:
         for lo in range(0, n, 1 << 16):
             hi = min(n, lo + (1 << 16))
             arr[row_start + lo:row_start + hi, :, columns] = b[:, lo:hi].transpose(1, 0, 2)
+
+    def write_basis(self, vectors, row_start: int = 0) -> None:
+        """Write ID eigenbasis rows ``vectors [n, K]`` from row ``row_start`` on."""
+        arr = self._maps.get(BASIS)
+        v = vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else \
+            np.asarray(vectors)
+        if arr is None or v.ndim != 2 or v.shape[1] != arr.shape[1] \
+                or not 0 <= row_start <= arr.shape[0] - v.shape[0]:
+            want = "no basis" if arr is None else f"[{arr.shape[0]}, {arr.shape[1]}]"
+            raise ValueError(f"basis rows {tuple(v.shape)} at row {row_start} do not fit the "
+                             f"store's basis ({want})")
+        for lo in range(0, v.shape[0], 1 << 16):
+            arr[row_start + lo:row_start + lo + (1 << 16)] = v[lo:lo + (1 << 16)]
 
     def flush(self) -> None:
         """Write this process's mapped pages to disk."""
@@ -303,7 +371,7 @@ class BandWriter:
         """
         self.flush()
         self._maps = {}
-        for name in self.meta["dims"]:
+        for name in _files(self.meta):
             os.replace(self.root / f"{name}.npy.partial", self.root / f"{name}.npy")
         meta = dict(self.meta, info=json.loads(json.dumps(info or {})))
         _atomic_json(meta, self.root / META)

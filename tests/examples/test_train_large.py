@@ -38,23 +38,25 @@ def test_in_memory_baseline(tmp_path):
 
 
 def test_in_memory_sigterm_during_checkpoint_write(tmp_path):
-    # SIGTERM in the middle of a checkpoint write: exit 143, no torn or temporary file.
-    code = ("import os, runpy, signal, sys, time, torch\n"
+    # SIGTERM in the middle of the epoch's checkpoint write: the write completes, the run
+    # stops with 143, and the checkpoint it leaves resumes.
+    code = ("import os, runpy, signal, sys, torch\n"
+            "save = torch.save\n"
             "def signalled(obj, fh):\n"
-            "    fh.write(b'torn'); fh.flush()\n"
-            "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+            "    os.kill(os.getpid(), signal.SIGTERM); save(obj, fh)\n"
             "torch.save = signalled\n"
             "runpy.run_path(sys.argv[1], run_name='train')['main'](sys.argv[2:])\n")
-    args = ["--model", "mf", *SMALL, "--dim", "8", "--out", str(tmp_path)]
+    args = ["--model", "mf", *SMALL, "--dim", "8", "--epochs", "3", "--out", str(tmp_path)]
     r = subprocess.run([sys.executable, "-c", code, str(SCRIPT), *args], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 143, r.stderr
-    assert "SIGTERM while writing a file: stopping" in r.stderr
-    assert list(tmp_path.iterdir()) == []
-    # what a SIGKILLed writer leaves is removed by the next run
+    assert "interrupted by SIGTERM after 1 epochs" in r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    # what a SIGKILLed writer leaves is removed by the next run, which resumes
     (tmp_path / "checkpoint.pt.a1b2c3d4.tmp").write_bytes(b"torn")
-    assert _run(*args).returncode == 0
+    assert _run(*args, "--resume").returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.json"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == 3
 
 
 @pytest.mark.parametrize("pipeline", ["stored", "memory"])

@@ -8,7 +8,6 @@ from ssr_engine.explain import attribute, fusion_terms
 from ssr_engine.nn import MFBPR, SSRModel
 from ssr_engine.train import BPRSampler
 from ssr_engine.train.precompute import precompute_bands
-from ssr_engine.train.stored_model import StoredSSR
 from tolerances import tol
 
 
@@ -145,14 +144,19 @@ def test_skip_path_is_its_own_output(ds):
 
 def test_stored_model(ds, tmp_path):
     store, _ = precompute_bands(ds.train_graph(), ds.features, tmp_path, n_bands=3, order=16,
-                                d0=6, quiet=True)
-    m = StoredSSR(store, ds.user_item_matrix("train"), dim=8, rank=4)
+                                d0=6, quiet=True, id_k=8)
+    m = SSRModel(ds.train_graph(), source=store.source(), dim=8, rank=4,
+                 fusion="cp", sparse_residual=True)
+    assert m.reads_store
     opt = torch.optim.Adam(m.dense_parameters(), lr=1e-2)
+    sparse_opt = torch.optim.SparseAdam(m.sparse_parameters(), lr=1e-2)
     for _ in range(3):
         loss = m.loss(torch.arange(8), torch.arange(8), torch.arange(8, 16))["loss"]
         opt.zero_grad()
+        sparse_opt.zero_grad()
         loss.backward()
         opt.step()
+        sparse_opt.step()
     a = attribute(m.eval(), torch.arange(12), k=5)
     assert a.contributions.shape[2:] == (3, 3, 3)
     assert float(a.relative_error().max()) <= tol(torch.float32, "attribution")

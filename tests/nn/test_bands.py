@@ -69,10 +69,10 @@ def test_partial_basis_residual_starts_orthogonal(graph, eig):
     layer = SpectralIDBands(U[:, idx], lam[idx].clamp(0, 2), edges, dim=4, residual=True)
     assert layer.residual_band == 1
     Uk = layer.basis.double()
-    r = layer.residual.detach().double()
+    r = layer.residual.weight.detach().double()
     assert (Uk.T @ r).norm() <= tol(torch.float32) * r.norm()
     layer(torch.arange(10)).sum().backward()
-    assert layer.coef.grad is not None and layer.residual.grad is not None
+    assert layer.coef.grad is not None and layer.residual.weight.grad is not None
 
 
 def test_reduce_features_pca():

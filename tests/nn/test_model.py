@@ -124,3 +124,74 @@ def test_bad_inputs(ds):
         m.loss(torch.tensor([0]), torch.tensor([ds.n_items]), torch.tensor([0]))
     with pytest.raises(ValueError, match="user ids must lie in"):
         m.recommend(torch.tensor([ds.n_users]), k=3)
+
+
+# -- band sources -------------------------------------------------------------------------------
+def _stored(ds, tmp_path, **kw):
+    from ssr_engine.train.precompute import precompute_bands
+    store, _ = precompute_bands(ds.train_graph(), ds.features, tmp_path, approx="exact",
+                                n_bands=3, d0=6, quiet=True, **kw)
+    return store
+
+
+def test_store_source_equals_memory_source(ds, tmp_path):
+    """The same model on a band store and in memory: same slots, vectors and losses."""
+    store = _stored(ds, tmp_path)
+    mem = _model(ds, approx="exact", d0=6)
+    torch.manual_seed(0)
+    disk = ssr_engine.SSRModel(ds.train_graph(), source=store.source(), dim=8, rank=4)
+    assert disk.reads_store and not mem.reads_store
+    assert disk.modalities == mem.modalities and disk.n_bands == mem.n_bands
+    torch.testing.assert_close(disk.id_bands.edges, mem.id_bands.edges)
+    nodes = torch.tensor([0, 3, 59, 60, 99])
+    f32 = dict(rtol=tol(torch.float32), atol=tol(torch.float32))
+    torch.testing.assert_close(disk.slots(nodes), mem.slots(nodes), **f32)
+    torch.testing.assert_close(disk.embed(nodes), mem.embed(nodes), **f32)
+    batch = _batch(ds)
+    torch.manual_seed(1)
+    a = disk.loss(*batch)
+    torch.manual_seed(1)
+    b = mem.loss(*batch)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **f32)
+
+
+def test_sparse_residual_touches_only_batch_rows(ds, tmp_path):
+    store = _stored(ds, tmp_path, id_k=8)                      # partial basis: a residual
+    m = ssr_engine.SSRModel(ds.train_graph(), source=store.source(), dim=8, rank=4,
+                            sparse_residual=True)
+    users, pos, neg = torch.tensor([0, 1]), torch.tensor([3, 4]), torch.tensor([5, 6])
+    m.loss(users, pos, neg)["loss"].backward()
+    (res,) = m.sparse_parameters()
+    assert res is m.id_bands.residual.weight and res.grad.is_sparse
+    touched = set(res.grad.coalesce().indices()[0].tolist())
+    assert touched == {0, 1, 60 + 3, 60 + 4, 60 + 5, 60 + 6}
+    assert all(p.grad is not None for p in m.dense_parameters())
+    assert {id(p) for p in m.dense_parameters()} | {id(res)} == {id(p) for p in m.parameters()}
+
+
+@pytest.mark.parametrize("fusion", ["sum", "cp"])
+def test_batch_fusion_equals_explicit_slots(ds, fusion):
+    """The batch path (sum: modality by modality) equals fusing the explicit slot tensor."""
+    m = _model(ds, fusion=fusion).double()
+    with torch.no_grad():
+        m.reliability.rho.normal_(generator=torch.Generator().manual_seed(1))
+    nodes = torch.tensor([0, 7, 59, 60, 99])
+    alpha = m.reliability.alpha
+    scales = torch.stack([alpha, alpha * torch.tensor([1.25, 0.0, 1.25], dtype=alpha.dtype)])
+    h, sq = m._fuse_batch(nodes, scales)
+    raw = m.slots(nodes)
+    for p in range(2):
+        torch.testing.assert_close(h[p], m.fuse(raw, scales[p]), rtol=tol(torch.float64),
+                                   atol=1e-12)
+    torch.testing.assert_close(sq, raw.pow(2).sum(dim=(1, 2, 3)), rtol=tol(torch.float64),
+                               atol=0.0)
+
+
+def test_source_misuse_is_refused(ds, tmp_path):
+    src = _stored(ds, tmp_path).source()
+    with pytest.raises(ValueError, match="either features or a band source"):
+        ssr_engine.SSRModel(ds.train_graph(), ds.features, source=src)
+    other = synthetic_dataset(50, 40, 400, modalities={}, seed=0)
+    with pytest.raises(ValueError, match="100 nodes but the graph"):
+        ssr_engine.SSRModel(other.train_graph(), source=src)

@@ -1,6 +1,6 @@
-"""LargeTrainer and the pipeline: learning, exact resume (in process, after a signal, after
-SIGKILL), SIGTERM outside training, sampled evaluation, two-process DDP training and a dying
-rank."""
+"""The trainer with SSRModel on a band store, and the pipeline: learning, exact resume (in
+process, after a signal, after SIGKILL), SIGTERM outside training, sampled evaluation,
+two-process DDP training and a dying rank."""
 import json
 import os
 import signal
@@ -16,14 +16,15 @@ import torch
 from ssr_engine.data import synthetic_dataset
 from ssr_engine.distributed import run_local
 from ssr_engine.train import load_checkpoint
-from ssr_engine.train.large import Interrupted, LargeConfig, LargeTrainer
+from ssr_engine.train import Interrupted, TrainConfig, Trainer
 from ssr_engine.train.pipeline import LargeRun, run_large
 from ssr_engine.train.precompute import precompute_bands
 from ssr_engine.train.store import BandStore
-from ssr_engine.train.stored_model import StoredSSR
+from ssr_engine import SSRModel
 
 JOIN_S = 120.0
 SIZE = (400, 200, 6000)
+ID_K = 16
 
 
 def _ds():
@@ -38,20 +39,29 @@ def ds():
 @pytest.fixture(scope="module")
 def store_dir(ds, tmp_path_factory):
     root = tmp_path_factory.mktemp("bands")
-    precompute_bands(ds.train_graph(), ds.features, root, n_bands=3, order=16, d0=8, quiet=True)
+    precompute_bands(ds.train_graph(), ds.features, root, n_bands=3, order=16, d0=8, quiet=True,
+                     id_k=ID_K)
     return root
+
+
+def _model(ds, store, seed=2):
+    """The one SSR model on the store's rows (partial ID basis: sparse residual)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SSRModel(ds.train_graph(), source=store.source(), dim=16, rank=4, seed=seed,
+                        sparse_residual=True)
 
 
 def _cfg(**kw):
     base = dict(epochs=3, batch_size=256, lr=5e-3, eval_users=150, seed=4, quiet=True)
     base.update(kw)
-    return LargeConfig(**base)
+    return TrainConfig(**base)
 
 
 def _trainer(ds, store_dir, checkpoint=None, distributed=False, **kw):
-    model = StoredSSR(BandStore.open(store_dir), ds.user_item_matrix("train"), dim=16, rank=4,
-                      seed=2)
-    return LargeTrainer(model, ds, _cfg(**kw), checkpoint=checkpoint, distributed=distributed)
+    model = _model(ds, BandStore.open(store_dir))
+    assert model.reads_store and model.sparse_parameters()
+    return Trainer(model, ds, _cfg(**kw), checkpoint=checkpoint, distributed=distributed)
 
 
 def _same_state(a, b):
@@ -225,9 +235,9 @@ def test_pipeline_full_disk_keeps_checkpoint(tmp_path, monkeypatch):
 def _ddp_worker(rank: int, root: str, epochs: int, die_at: int):
     ds = _ds()
     store, _ = precompute_bands(ds.train_graph(), ds.features, root, n_bands=3, order=16, d0=8,
-                                distributed=True, quiet=True)
-    model = StoredSSR(store, ds.user_item_matrix("train"), dim=16, rank=4, seed=2)
-    tr = LargeTrainer(model, ds, _cfg(epochs=epochs), distributed=True)
+                                distributed=True, quiet=True, id_k=ID_K)
+    model = _model(ds, store)
+    tr = Trainer(model, ds, _cfg(epochs=epochs), distributed=True)
     if die_at:
         net = tr.net
 

@@ -12,8 +12,9 @@ from ssr_engine import ops
 from ssr_engine.data import synthetic_dataset
 from ssr_engine.distributed import run_local
 from ssr_engine.train import precompute as pre
+from ssr_engine.nn import reduce_features
 from ssr_engine.train.precompute import (check_feasible, chebyshev_plan, id_projection,
-                                         precompute_bands, reduce_item_features)
+                                         precompute_bands)
 
 JOIN_S = 90.0
 
@@ -43,21 +44,21 @@ def test_id_projection_is_layout_free():
     assert not torch.equal(id_projection(0, 10, d0, 5), full[:10])
 
 
-def test_reduce_item_features():
+def test_reduce_features_sign_convention():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((80, 10)) @ rng.standard_normal((10, 10))
-    p = reduce_item_features(x, 4)
+    p = reduce_features(x, 4)
     # PCA: orthogonal components, variance ordered, sign convention independent of input sign.
     gram = p.T @ p
     off = gram - torch.diag(torch.diag(gram))
     assert float(off.abs().max()) <= tol(torch.float64, "close") * float(gram.abs().max())
     assert bool((torch.diff(torch.diag(gram)) <= 0).all())
-    torch.testing.assert_close(reduce_item_features(-x, 4), -p)
-    assert torch.equal(reduce_item_features(x[:, :3], 4), torch.from_numpy(x[:, :3]))
-    r = reduce_item_features(x, 4, "random", seed=1)
-    assert r.shape == (80, 4) and torch.equal(r, reduce_item_features(x, 4, "random", seed=1))
+    torch.testing.assert_close(reduce_features(-x, 4), -p)
+    assert torch.equal(reduce_features(x[:, :3], 4), torch.from_numpy(x[:, :3]))
+    r = reduce_features(x, 4, "random", seed=1)
+    assert r.shape == (80, 4) and torch.equal(r, reduce_features(x, 4, "random", seed=1))
     with pytest.raises(ValueError, match="reduce"):
-        reduce_item_features(x, 4, "svd")
+        reduce_features(x, 4, "svd")
 
 
 def test_moments_match_ops(ds):
@@ -85,22 +86,33 @@ def test_plan_equals_spectral_bands(ds):
     np.testing.assert_allclose(plan.shares, sb.shares_.numpy(), atol=1e-10)
 
 
+def _check_basis(store, g, partial):
+    """The stored ID basis is an orthonormal eigenbasis of L with the stored eigenvalues."""
+    U = store.basis_rows(np.arange(g.n_nodes)).double()
+    info = store.meta["info"]["id"]
+    lam = torch.tensor(info["eigenvalues"], dtype=torch.float64)
+    assert info["partial"] is partial and U.shape == (g.n_nodes, lam.numel())
+    assert bool((lam[1:] >= lam[:-1]).all())
+    L = g.laplacian(dtype=torch.float64)
+    res = (L @ U - U * lam).norm(dim=0)
+    assert float(res.max()) <= tol(torch.float32, "solve")
+    eye = torch.eye(lam.numel(), dtype=torch.float64)
+    assert float((U.T @ U - eye).abs().max()) <= tol(torch.float32, "solve")
+
+
 def test_chebyshev_store_matches_filters(ds, tmp_path):
     g = ds.train_graph()
     store, plan = precompute_bands(g, ds.features, tmp_path, n_bands=4, order=24, d0=8,
                                    seed=5, compute_dtype=torch.float64, quiet=True)
-    assert store.modalities == ["id", "image", "text"]
-    assert store.dims == {"id": 8, "image": 8, "text": 6}
+    assert store.modalities == ["image", "text"]
+    assert store.dims == {"image": 8, "text": 6} and store.basis_width == g.n_nodes
     assert plan.method == "chebyshev" and plan.order == 24 and len(plan.edges) == 5
     assert abs(sum(plan.shares) - 1.0) < 1e-12
     coeffs = torch.tensor(plan.coeffs, dtype=torch.float64)
     op = g.scaled_laplacian(0.01, dtype=torch.float64)
-    P = id_projection(0, g.n_nodes, 8, 5).double()
-    stored = torch.from_numpy(np.array(store.array("id"))).transpose(0, 1)     # [M, N, d]
-    assert _rel(stored, ops.chebyshev_bands_reference(op, P, coeffs)) <= tol(torch.float32)
-    assert _rel(stored.sum(0), P) <= tol(torch.float32, "unity")
+    _check_basis(store, g, partial=False)                  # 500 nodes: the full basis
     # Content: the PCA-reduced node signal at unit RMS.
-    x = g.node_signal(reduce_item_features(ds.features["image"], 8))
+    x = g.node_signal(reduce_features(ds.features["image"], 8))
     x = x / x.pow(2).mean().sqrt()
     stored = torch.from_numpy(np.array(store.array("image"))).transpose(0, 1)
     assert _rel(stored, ops.chebyshev_bands_reference(op, x, coeffs)) <= tol(torch.float32)
@@ -114,18 +126,31 @@ def test_exact_store_matches_spectral_bands(ds, tmp_path):
     sb = ssr_engine.SpectralBands(g, n_bands=3, method="exact", dtype=torch.float64)
     assert np.allclose(plan.edges, sb.fit(g.node_signal(torch.from_numpy(
         ds.features["text"]).double())).edges.numpy())
-    P = id_projection(0, g.n_nodes, 6, 1).double()
-    stored = torch.from_numpy(np.array(store.array("id"))).transpose(0, 1)
-    assert _rel(stored, sb.transform(P)) <= tol(torch.float32)
+    x = g.node_signal(torch.from_numpy(ds.features["text"]).double())
+    x = x / x.pow(2).mean().sqrt()
+    stored = torch.from_numpy(np.array(store.array("text"))).transpose(0, 1)
+    assert _rel(stored, sb.transform(x)) <= tol(torch.float32)
+
+
+def test_partial_id_basis(ds, tmp_path):
+    g = ds.train_graph()
+    store, _ = precompute_bands(g, {}, tmp_path, n_bands=3, order=16, quiet=True, id_k=20)
+    assert store.modalities == [] and store.basis_width == 40
+    _check_basis(store, g, partial=True)
+    lam = store.meta["info"]["id"]["eigenvalues"]
+    assert lam[19] < 1.0 < lam[20]                         # 20 at each end of [0, 2]
+    with pytest.raises(ValueError, match="id_basis"):
+        precompute_bands(g, {}, tmp_path / "bad", quiet=True, id_k=0)
 
 
 def test_lobpcg_store_matches_eigen(ds, tmp_path):
     g = ds.train_graph()
     kw = dict(n_bands=3, d0=6, k=16, seed=1, quiet=True)
-    lanczos, plan_l = precompute_bands(g, {}, tmp_path / "l", approx="eigen", **kw)
-    lobpcg, plan_b = precompute_bands(g, {}, tmp_path / "b", approx="lobpcg", **kw)
+    feats = {"text": ds.features["text"]}
+    lanczos, plan_l = precompute_bands(g, feats, tmp_path / "l", approx="eigen", **kw)
+    lobpcg, plan_b = precompute_bands(g, feats, tmp_path / "b", approx="lobpcg", **kw)
     assert plan_b.method == "lobpcg" and np.allclose(plan_l.edges, plan_b.edges, atol=1e-4)
-    a, b = (torch.from_numpy(np.array(s.array("id"))) for s in (lanczos, lobpcg))
+    a, b = (torch.from_numpy(np.array(s.array("text"))) for s in (lanczos, lobpcg))
     assert _rel(b, a) <= tol(torch.float32, "solve")
 
 
@@ -146,7 +171,7 @@ def test_store_is_reused(ds, tmp_path, monkeypatch):
 def test_white_probe_without_content(ds, tmp_path):
     store, plan = precompute_bands(ds.train_graph(), {}, tmp_path, n_bands=3, order=16, d0=4,
                                    quiet=True)
-    assert store.modalities == ["id"] and len(plan.shares) == 3
+    assert store.modalities == [] and len(plan.shares) == 3
 
 
 def test_refuses_hopeless_methods():
@@ -155,10 +180,11 @@ def test_refuses_hopeless_methods():
     msg = str(info.value)
     assert "too large for --approx exact: ~4e+03 GB of memory" in msg       # Gram route
     assert "500000x500000 Gram matrix" in msg and "more than the 24.0 h allowed" in msg
-    assert "Use instead --approx chebyshev: ~2.3 GB of memory" in msg
+    assert "Use instead --approx chebyshev: ~6.14 GB of memory" in msg    # the ID basis
     est = check_feasible("chebyshev", 1_000_000, 500_000, 16_000_000, widths=96,
                          memory=64e9)
-    assert est.approx == "chebyshev" and est.store_bytes == 1_500_000 * 4 * 96 * 4
+    assert est.approx == "chebyshev" and est.store_bytes == 1_500_000 * (4 * 96 + 128) * 4
+    assert "ID basis of 128 eigenvectors" in est.detail
     assert check_feasible("auto", 300, 200, 3000, widths=8).approx == "exact"
     with pytest.raises(ValueError, match="memory is available"):
         check_feasible("chebyshev", 1_000_000, 500_000, 16_000_000, widths=96, memory=1e8)
@@ -179,7 +205,9 @@ def _store_worker(rank: int, root: str, dtype_name: str):
     store, plan = precompute_bands(ds.train_graph(), ds.features, root, n_bands=4, order=32,
                                    d0=8, seed=2, compute_dtype=dtype, distributed=True,
                                    quiet=True)
-    return {k: np.asarray(store.array(k)).copy() for k in store.modalities}, plan.coeffs
+    arrays = {k: np.asarray(store.array(k)).copy() for k in store.modalities}
+    arrays["basis"] = store.basis_rows(np.arange(store.n_nodes)).numpy()
+    return arrays, plan.coeffs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -193,6 +221,13 @@ def test_two_processes_equal_one(ds, tmp_path, dtype):
         np.testing.assert_allclose(np.array(coeffs), np.array(plan.coeffs),
                                    atol=1e3 * tol(dtype))
         for k, arr in arrays.items():
-            ref = np.array(single.array(k))
-            assert _rel(arr, ref) <= tol(dtype, "partition"), k
+            if k == "basis":       # eigenvectors: compare the band subspaces, not entries
+                lam = np.array(single.meta["info"]["id"]["eigenvalues"])
+                ref = single.basis_rows(np.arange(single.n_nodes)).numpy()
+                band = np.searchsorted(plan.edges[1:-1], lam, side="right")
+                for b in range(len(plan.edges) - 1):
+                    u, v = arr[:, band == b].astype(np.float64), ref[:, band == b]
+                    assert _rel(u @ u.T, v @ v.T) <= tol(torch.float32, "solve"), b
+                continue
+            assert _rel(arr, np.array(single.array(k))) <= tol(dtype, "partition"), k
     assert math.isclose(sum(plan.shares), 1.0)
