@@ -16,8 +16,8 @@ Both write ``<out>/metrics.json`` (validation metrics of the chosen epoch, test 
 that epoch for all and for cold-start users, timings) and ``<out>/checkpoint.pt`` after
 every epoch; an existing checkpoint is continued with ``--resume`` or discarded with
 ``--fresh``. Long phases show progress bars with rates and ETA (``--quiet`` for logs).
-The stored pipeline also checkpoints on SIGINT/SIGTERM (exit status 128 + signal) and a
-resumed run ends with the same metrics as an uninterrupted one. A SIGTERM in the middle of
+Both checkpoint on SIGINT/SIGTERM during training (exit status 128 + signal), and a resumed
+run ends with the same metrics as an uninterrupted one. A SIGTERM in the middle of
 writing a file exits with status 143 after removing the temporary file, and what a run killed
 outright (SIGKILL) left is removed when the next run in the folder starts.
 

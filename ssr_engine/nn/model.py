@@ -112,7 +112,7 @@ class SSRModel(Recommender):
             random each step), which bounds its ``O(items² · M)`` cost.
         reg: ``λ_reg``.
         loss: ``"bpr"`` or ``"bce"``.
-        seed: seed of the parameter initialisation and of the white probe signal.
+        seed: seed of the ID modality's initialisation and of the white probe signal.
         backend: backend of the fused ops (``"auto"``, ``"torch"``, ``"triton"``).
         source: a :class:`~ssr_engine.nn.sources.BandSource` to read the band slots' fixed
             inputs from (e.g. ``BandStore.source()``); ``None`` computes them in memory from
@@ -164,7 +164,7 @@ class SSRModel(Recommender):
         if source is None:
             feats = _check_features(graph, features)
             source = memory_source(graph, feats, n_bands, approx=approx, order=order,
-                                   id_k=id_basis, d0=d0, band_edges=band_edges, generator=gen)
+                                   id_k=id_basis, d0=d0, band_edges=band_edges, seed=seed)
             bands_cfg = {"features": {k: int(v.shape[1]) for k, v in feats.items()},
                          "n_bands": n_bands, "approx": approx, "order": order,
                          "id_basis": id_basis, "d0": d0, "band_edges": band_edges}

@@ -28,13 +28,17 @@ from ..linalg import graph_eigs
 from ..spectral import SpectralBands
 
 __all__ = ["BandSource", "StoredRows", "memory_source", "id_basis", "id_basis_k",
-           "default_id_basis",
+           "default_id_basis", "white_probe", "PROBE_COLS",
            "reduce_features", "FULL_BASIS_MAX_NODES", "MAX_ID_BASIS"]
 
 #: graphs up to this many nodes get the full eigenbasis for the ID modality by default.
 FULL_BASIS_MAX_NODES = 6000
 #: the most eigenpairs per end of the spectrum that the ID modality gets by default.
 MAX_ID_BASIS = 256
+#: columns of the white probe (ID-only graphs: its energy is the graph's spectral density).
+PROBE_COLS = 16
+#: rows per block of the white probe (fixed: its rows must not depend on the layout).
+PROBE_BLOCK = 1 << 16
 #: working memory of the bipartite partial eigensolver per node and eigenpair per end
 #: (measured: 3.5 GB peak at 180k nodes and k = 256, 6.1 GB at 1.5M nodes and k = 64).
 _EIGS_BYTES_PER_NODE_PAIR = 60.0
@@ -98,6 +102,29 @@ def id_basis(graph: InteractionGraph, k: Optional[int] = None, *, progress: bool
     lam, U = graph_eigs(graph, k, which="both", progress=progress)
     order = torch.argsort(lam, stable=True)
     return lam[order].double().clamp(0.0, 2.0), U[:, order].float().contiguous(), True
+
+
+def white_probe(lo: int, hi: int, seed: int, cols: int = PROBE_COLS) -> torch.Tensor:
+    """Rows ``lo … hi-1`` of the fixed white probe ``P [N, cols]`` (float32) whose energy
+    places the band edges of graphs without content features (its spectrum is the graph's
+    spectral density).
+
+    Rows are i.i.d. standard normal, generated in blocks of ``PROBE_BLOCK`` rows from
+    ``(seed, block)``, so the same rows come out whichever process asks for them.
+
+    Example:
+        >>> bool((white_probe(3, 9, 0) == white_probe(0, 20, 0)[3:9]).all())
+        True
+    """
+    if not 0 <= lo <= hi:
+        raise ValueError(f"need 0 <= lo <= hi, got {lo}, {hi}")
+    out = []
+    B = PROBE_BLOCK
+    for b in range(lo // B, (hi - 1) // B + 1 if hi > lo else lo // B):
+        rng = np.random.default_rng([int(seed), 0x1D, b])
+        block = rng.standard_normal((B, int(cols)), dtype=np.float32)
+        out.append(block[max(lo, b * B) - b * B:min(hi, (b + 1) * B) - b * B])
+    return torch.from_numpy(np.concatenate(out) if out else np.zeros((0, cols), np.float32))
 
 
 def reduce_features(features, d0: int, method: str = "pca", seed: int = 0) -> torch.Tensor:
@@ -217,14 +244,14 @@ class BandSource:
 def memory_source(graph: InteractionGraph, features: Mapping[str, torch.Tensor],
                   n_bands: int = 4, *, approx: str = "auto", order: Optional[int] = None,
                   id_k: Optional[int] = None, d0: int = 64, band_edges: str = "energy",
-                  generator: Optional[torch.Generator] = None) -> BandSource:
+                  seed: int = 0) -> BandSource:
     """Compute a :class:`BandSource` in memory.
 
     Content modalities: PCA-reduced to ``d0`` columns (:func:`reduce_features`), lifted to
     the graph (users: mean of their items), scaled to unit RMS and split by
     :class:`~ssr_engine.spectral.SpectralBands`. The edges balance the energy of the content
-    signals (ID-only: of a white probe, whose energy is the graph's spectral density), or
-    are uniform in ``λ``. The ID basis is :func:`id_basis`'s.
+    signals (ID-only: of :func:`white_probe`, as a band store's), or are uniform in
+    ``λ``. The ID basis is :func:`id_basis`'s.
 
     Args:
         graph: the training interaction graph.
@@ -235,7 +262,7 @@ def memory_source(graph: InteractionGraph, features: Mapping[str, torch.Tensor],
         id_k: eigenpairs per end of the ID basis (``None``: :func:`default_id_basis`).
         d0: reduced width of the content features.
         band_edges: ``"energy"`` or ``"uniform"``.
-        generator: draws the white probe.
+        seed: seed of the white probe.
 
     Example:
         >>> from ssr_engine.data import synthetic_dataset
@@ -253,7 +280,7 @@ def memory_source(graph: InteractionGraph, features: Mapping[str, torch.Tensor],
                           dtype=torch.float64, solver=solver)
     if band_edges == "energy":
         probe = (torch.cat(list(signals.values()), dim=1) if signals else
-                 torch.randn(graph.n_nodes, 32, generator=generator, dtype=torch.float64))
+                 white_probe(0, graph.n_nodes, seed).double())
         bands.fit(probe)
     else:
         bands.fit_uniform()

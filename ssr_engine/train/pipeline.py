@@ -75,7 +75,7 @@ class LargeRun:
         data: MMRec folder (``None``: synthetic).
         synthetic: ``(users, items, interactions)`` of the synthetic graph.
         modalities: feature modalities to use (``None``: all; ``[]``: ID only).
-        approx: band method (``auto``, ``exact``, ``eigen``, ``chebyshev``).
+        approx: band method (``auto``, ``exact``, ``eigen``, ``lobpcg``, ``chebyshev``).
         resume: continue from ``out/checkpoint.pt`` (required when it exists, unless
             ``fresh``).
         fresh: delete an existing checkpoint and start over.
@@ -182,6 +182,21 @@ def _check_store_space(store_dir: Path, nbytes: int, ckpt: Path) -> None:
         raise _kept(e, ckpt) from e
 
 
+def _checkpoint_store_key(ckpt: Path) -> Dict:
+    """The key of the band store the checkpoint's model was trained on (read before any
+    precompute, so that a refused resume changes no file)."""
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:                       # the trainer names the problem when loading
+        raise ValueError(f"cannot read the checkpoint {ckpt}: {type(e).__name__}: {e}") from e
+    source = state.get("config", {}).get("model", {}).get("source")
+    if not isinstance(source, dict) or "store" not in source:
+        raise ValueError(f"the checkpoint {ckpt} was not written by the stored pipeline (its "
+                         "model holds its bands in memory): resume it with --pipeline memory, "
+                         "or start over with --fresh")
+    return source["store"]
+
+
 def _threads(requested: Optional[int]) -> int:
     """Torch threads: as requested, else 1. A step's tensors are small, and where other
     processes keep the cores busy a second OpenMP thread spends its time waiting for one:
@@ -273,6 +288,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         graph = ds.train_graph()
     timings["graph"] = time.perf_counter() - t0
 
+    saved_key = _checkpoint_store_key(ckpt) if opts.resume else None
     t0 = time.perf_counter()
     with log.phase("bands", f"{est.approx} band features -> {store_dir}"):
         try:
@@ -280,7 +296,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                 graph, ds.features, store_dir, approx=opts.approx, n_bands=opts.n_bands,
                 order=opts.order, k=opts.k, d0=opts.d0, reduce=opts.reduce, seed=opts.seed,
                 delta=opts.delta, store_dtype=opts.store_dtype, distributed=opts.distributed,
-                quiet=opts.quiet, id_k=opts.id_basis)
+                quiet=opts.quiet, id_k=opts.id_basis, expect_key=saved_key)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise _kept(e, ckpt) from e
@@ -289,6 +305,9 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     log(f"[bands] {plan.method}, order {plan.order}, edges "
         + ", ".join(f"{x:.3f}" for x in plan.edges)
         + ("" if plan.shares is None else "; shares " + ", ".join(f"{x:.2f}" for x in plan.shares)))
+    # Sparse gradients keep a step's cost independent of N; NCCL cannot all-reduce them, so
+    # a distributed run on GPUs updates the ID residual densely.
+    sparse = not (opts.distributed and dist.get_backend() != "gloo")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(opts.seed)
         model = SSRModel(graph, source=store.source(), dim=opts.dim, rank=opts.rank,
@@ -296,7 +315,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                          mask_p=opts.mask_p, lambda_mask=opts.lambda_mask,
                          consistency=opts.consistency, align=opts.align,
                          lambda_cl=opts.lambda_cl, tau=opts.tau, reg=opts.reg, loss=opts.loss,
-                         seed=opts.seed, sparse_residual=True).to(opts.device)
+                         seed=opts.seed, sparse_residual=sparse).to(opts.device)
     del graph
     gc.collect()
     cfg = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,

@@ -40,22 +40,18 @@ from .. import ops
 from ..distributed import collective
 from ..graph import InteractionGraph
 from ..graph.partition import PartitionedOperator
-from ..nn.sources import id_basis, id_basis_k, reduce_features
+from ..nn.sources import PROBE_COLS, id_basis, id_basis_k, reduce_features, white_probe
 from ..spectral import SpectralBands, band_coefficients, band_edges, band_energies, kpm_atoms
 from ..spectral.bands import AUTO_EXACT_ENTRIES, AUTO_ORDERS, exact_memory_estimate
 from ..spectral.kpm import ATOM_MIN_MOMENTS
-from .store import BandStore, BandWriter, store_nbytes
+from .store import BandStore, BandWriter, key_diff, store_nbytes
 
 __all__ = ["APPROX", "BandPlan", "Estimate", "check_feasible", "estimate_cost",
-           "id_projection", "precompute_bands", "resolve_approx"]
+           "precompute_bands", "resolve_approx"]
 
 APPROX = ("auto", "exact", "eigen", "lobpcg", "chebyshev")
-#: rows per block of the random node rows (fixed: they must not depend on the layout).
-ID_BLOCK = 1 << 16
 #: the automatic Chebyshev order tries AUTO_ORDERS up to this.
 MAX_AUTO_ORDER = 64
-#: columns of the random probe whose KPM moments place the edges.
-PROBE_COLS = 16
 #: the largest smaller side for which "auto" picks "exact" (SpectralBands' dense-SVD route).
 EXACT_MAX = 8000
 # Rough machine rates for the estimates (a 2-core CPU; a GPU is far faster).
@@ -238,28 +234,6 @@ def check_feasible(approx: str, n_users: int, n_items: int, n_edges: int, widths
 
 
 # -- signals -----------------------------------------------------------------------------------
-def id_projection(lo: int, hi: int, d0: int, seed: int) -> torch.Tensor:
-    """Rows ``lo … hi-1`` of a fixed random node signal ``P [N, d0]`` (float32): the white
-    probe whose energy is the graph's spectral density (edges of ID-only graphs).
-
-    Row ``v`` of ``P`` is i.i.d. standard normal, generated in blocks of ``ID_BLOCK`` rows from
-    ``(seed, block)``, so the same rows come out whichever process asks for them.
-
-    Example:
-        >>> bool((id_projection(3, 9, 4, 0) == id_projection(0, 20, 4, 0)[3:9]).all())
-        True
-    """
-    if not 0 <= lo <= hi:
-        raise ValueError(f"need 0 <= lo <= hi, got {lo}, {hi}")
-    out = []
-    for b in range(lo // ID_BLOCK, (hi - 1) // ID_BLOCK + 1 if hi > lo else lo // ID_BLOCK):
-        rng = np.random.default_rng([int(seed), 0x1D, b])
-        block = rng.standard_normal((ID_BLOCK, int(d0)), dtype=np.float32)
-        a, e = max(lo, b * ID_BLOCK) - b * ID_BLOCK, min(hi, (b + 1) * ID_BLOCK) - b * ID_BLOCK
-        out.append(block[a:e])
-    return torch.from_numpy(np.concatenate(out) if out else np.zeros((0, d0), np.float32))
-
-
 def _node_rows(graph: InteractionGraph, items: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Rows ``lo … hi-1`` of ``graph.node_signal(items)`` (users: mean of their items)."""
     n_u = graph.n_users
@@ -388,7 +362,8 @@ def _store_key(graph: InteractionGraph, features: Mapping[str, np.ndarray], appr
     return {"graph": [graph.n_users, graph.n_items, int(R.nnz), crc], "features": feats,
             "approx": approx, "n_bands": n_bands, "order": order, "k": k, "d0": d0,
             "reduce": reduce, "seed": seed, "delta": delta, "dtype": dtype,
-            "compute_dtype": str(compute_dtype).split(".")[-1], "id_basis": id_k}
+            "compute_dtype": str(compute_dtype).split(".")[-1],
+            "id_basis": id_basis_k(graph.n_nodes, id_k) or "full"}
 
 
 def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray],
@@ -397,8 +372,8 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
                      reduce: str = "pca", seed: int = 0, delta: float = 0.01,
                      store_dtype: str = "float32", compute_dtype: torch.dtype = torch.float32,
                      distributed: bool = False, quiet: bool = False,
-                     chunk_bytes: int = 1 << 30, id_k: Optional[int] = None
-                     ) -> Tuple[BandStore, BandPlan]:
+                     chunk_bytes: int = 1 << 30, id_k: Optional[int] = None,
+                     expect_key: Optional[Dict] = None) -> Tuple[BandStore, BandPlan]:
     """Compute the band features of every modality once and store them (or reuse the store).
 
     All modalities share one set of band edges, balanced on a random probe of the content
@@ -430,13 +405,15 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
             processed in chunks that fit it).
         id_k: eigenpairs per end of the ID basis (default:
             :func:`~ssr_engine.nn.sources.default_id_basis`; computed by process 0 alone).
+        expect_key: the key of the store a checkpoint was trained on (resuming): other
+            inputs are refused before anything is computed or written.
 
     Returns:
         ``(store, plan)``.
 
     Raises:
-        ValueError: on bad arguments, or ``distributed`` with a method other than
-            ``"chebyshev"``.
+        ValueError: on bad arguments, ``distributed`` with a method other than
+            ``"chebyshev"``, or inputs that differ from ``expect_key``.
         OSError: ``errno.ENOSPC`` when the store does not fit on the disk (before writing).
 
     Example:
@@ -459,9 +436,13 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
                          "process)")
     if "id" in features:
         raise ValueError("'id' names the ID modality; rename the content modality 'id'")
-    id_basis_k(graph.n_nodes, id_k)                     # validates id_k
     key = _store_key(graph, features, approx, n_bands, order, k, d0, reduce, seed, delta,
                      store_dtype, compute_dtype, id_k)
+    if expect_key is not None and key_diff(expect_key, key):
+        raise ValueError(f"these band settings differ from those of the store the checkpoint "
+                         f"was trained on ({key_diff(expect_key, key)}); nothing was computed "
+                         "or changed: resume with the checkpoint's settings, or start over "
+                         "with --fresh")
     root = Path(root)
     rank = dist.get_rank() if distributed else 0
     N = graph.n_nodes
@@ -506,7 +487,7 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         sb = SpectralBands(graph, n_bands=n_bands, method=method, k=k, dtype=torch.float64,
                            solver=solver)
         full = torch.cat([signal(n) for n in reduced], dim=1) if reduced else \
-            id_projection(0, N, PROBE_COLS, seed).double()
+            white_probe(0, N, seed).double()
         if show:
             print(f"[bands] {approx} eigenbasis and edges ...", flush=True)
         sb.fit(full)
@@ -567,7 +548,8 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
             print(f"[bands] ID basis: {what} eigenpairs of L ...", flush=True)
         lam, U, partial = id_basis(graph, id_k, progress=show)
         writer.write_basis(U)
-        info["id"] = {"eigenvalues": [float(x) for x in lam], "partial": partial}
+        info["id"] = {"eigenvalues": [float(x) for x in lam], "partial": partial,
+                      "crc32": writer.basis_crc32()}
         del U
     writer.flush()
     if distributed:
@@ -590,7 +572,7 @@ def _probe(graph: InteractionGraph, reduced: Mapping[str, torch.Tensor], rows: _
     estimate those of ``X`` from ``c`` columns. Without content: a white probe.
     """
     if not reduced:
-        x = id_projection(rows.lo, rows.hi, PROBE_COLS, seed + 1).double()
+        x = white_probe(rows.lo, rows.hi, seed).double()
     else:
         width = sum(int(r.shape[1]) for r in reduced.values())
         g = torch.from_numpy(np.random.default_rng([int(seed), 0x9B]).standard_normal(

@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -31,11 +32,11 @@ import torch
 from ..nn.sources import BandSource, StoredRows
 from .checkpoint import atomic_write
 
-__all__ = ["BandStore", "BandWriter", "store_nbytes", "check_space"]
+__all__ = ["BandStore", "BandWriter", "store_nbytes", "check_space", "key_diff"]
 
 PathLike = Union[str, os.PathLike]
 META = "meta.json"
-FORMAT = "ssr-band-store-1"
+FORMAT = "ssr-band-store-2"          # 2: the ID eigenbasis replaced the ID projection
 # Space kept free beyond the store itself (checkpoints and logs still need room).
 MARGIN_BYTES = 256 << 20
 _DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -62,6 +63,19 @@ def store_nbytes(n_nodes: int, n_bands: int, dims: Mapping[str, int],
     """
     return int(n_nodes) * (int(n_bands) * sum(int(d) for d in dims.values()) + int(basis)) * \
         np.dtype(_DTYPES[dtype]).itemsize
+
+
+def key_diff(saved: Mapping[str, Any], want: Mapping[str, Any]) -> str:
+    """The entries in which two store keys differ, as ``"name: stored X vs now Y, ..."``
+    (empty when they are equal).
+
+    Example:
+        >>> key_diff({"d0": 64, "seed": 0}, {"d0": 32, "seed": 0})
+        'd0: stored 64 vs now 32'
+    """
+    saved, want = json.loads(json.dumps(saved)), json.loads(json.dumps(want))
+    diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+    return ", ".join(f"{k}: stored {saved.get(k)!r} vs now {want.get(k)!r}" for k in diff)
 
 
 def check_space(root: PathLike, nbytes: int, reclaimable: int = 0) -> None:
@@ -143,6 +157,20 @@ class BandStore:
                                  f"{self.root} to recompute it")
             self._arrays[name] = arr
         self._basis = self._arrays.pop(BASIS, None)
+        if self._basis is not None:
+            info = meta.get("info", {})
+            lam = info.get("id", {}).get("eigenvalues")
+            problem = None
+            if "plan" not in info or lam is None:
+                problem = "meta.json lacks the band plan or the ID basis' eigenvalues"
+            elif len(lam) != self.basis_width:
+                problem = (f"meta.json lists {len(lam)} eigenvalues for a basis of "
+                           f"{self.basis_width} vectors")
+            elif any(b < a for a, b in zip(lam, lam[1:])):
+                problem = "the ID basis' eigenvalues in meta.json are not ascending"
+            if problem:
+                raise ValueError(f"the band store in {self.root} is damaged ({problem}); delete "
+                                 f"{self.root} to recompute it")
 
     @property
     def basis_width(self) -> int:
@@ -184,17 +212,13 @@ class BandStore:
             raise FileNotFoundError(f"{root} holds no complete band store (no {META})")
         meta = json.loads(path.read_text())
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a band store written by ssr_engine "
-                             f"(format {meta.get('format')!r})")
+            raise ValueError(f"{path} is not a band store of this version of ssr_engine "
+                             f"(format {meta.get('format')!r}, expected {FORMAT!r})")
         if key is not None:
-            saved = json.loads(json.dumps(meta["key"]))
-            want = json.loads(json.dumps(key))
-            diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+            diff = key_diff(meta["key"], key)
             if diff:
-                lines = ", ".join(f"{k}: stored {saved.get(k)!r} vs now {want.get(k)!r}"
-                                  for k in diff)
                 raise ValueError(f"the band store in {root} was computed from other inputs "
-                                 f"({lines})")
+                                 f"({diff})")
         return cls(root, meta)
 
     @classmethod
@@ -230,22 +254,27 @@ class BandStore:
 
     def source(self) -> BandSource:
         """The store as the band source of an :class:`~ssr_engine.SSRModel`: content bands
-        and ID basis read by rows, edges and eigenvalues from the metadata.
+        and ID basis read by rows, edges and eigenvalues from the metadata. Its identity
+        (part of the model's configuration, so of a checkpoint's) is the store's key and the
+        checksum of the basis: the basis of a recomputed store can differ (a rotation inside
+        a degenerate eigenspace, with other thread counts), and coefficients learned on one
+        basis mean nothing on another.
 
         Raises:
             ValueError: when the store lacks the ID basis or the band plan (written by an
                 older version, or not by the pipeline): recompute it.
         """
         info = self.meta.get("info", {})
-        if self._basis is None or "plan" not in info or "id" not in info:
-            raise ValueError(f"the band store in {self.root} holds no ID basis or band plan "
-                             "(an older format); delete it to recompute")
+        if self._basis is None:
+            raise ValueError(f"the band store in {self.root} holds no ID basis; it was not "
+                             "written by precompute_bands")
         plan = info["plan"]
         lam = torch.tensor(info["id"]["eigenvalues"], dtype=torch.float64)
         return BandSource(self.n_nodes, torch.tensor(plan["edges"], dtype=torch.float64),
                           {name: StoredRows(arr) for name, arr in self._arrays.items()},
                           lam, StoredRows(self._basis), bool(info["id"]["partial"]),
-                          report=plan, identity={"store": self.meta["key"]})
+                          report=plan, identity={"store": self.meta["key"],
+                                                 "basis_crc32": info["id"].get("crc32")})
 
 
 class BandWriter:
@@ -336,6 +365,8 @@ class BandWriter:
             raise ValueError(f"unknown modality {name!r}; the store holds "
                              f"{list(self.meta['dims'])}")
         b = bands.detach().cpu().numpy() if isinstance(bands, torch.Tensor) else np.asarray(bands)
+        if not np.isfinite(b).all():
+            raise ValueError(f"band signals of {name!r} contain NaN or inf; nothing was written")
         columns = slice(0, arr.shape[2]) if columns is None else columns
         width = len(range(*columns.indices(arr.shape[2])))
         M, n, c = b.shape
@@ -356,8 +387,17 @@ class BandWriter:
             want = "no basis" if arr is None else f"[{arr.shape[0]}, {arr.shape[1]}]"
             raise ValueError(f"basis rows {tuple(v.shape)} at row {row_start} do not fit the "
                              f"store's basis ({want})")
+        if not np.isfinite(v).all():
+            raise ValueError("ID basis rows contain NaN or inf; nothing was written")
         for lo in range(0, v.shape[0], 1 << 16):
             arr[row_start + lo:row_start + lo + (1 << 16)] = v[lo:lo + (1 << 16)]
+
+    def basis_crc32(self) -> int:
+        """CRC-32 of the basis as stored (its identity; see :meth:`BandStore.source`)."""
+        arr, crc = self._maps[BASIS], 0
+        for lo in range(0, arr.shape[0], 1 << 16):
+            crc = zlib.crc32(np.ascontiguousarray(arr[lo:lo + (1 << 16)]).tobytes(), crc)
+        return int(crc)
 
     def flush(self) -> None:
         """Write this process's mapped pages to disk."""

@@ -3,6 +3,7 @@ process, after a signal, after SIGKILL), SIGTERM outside training, sampled evalu
 two-process DDP training and a dying rank."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,19 @@ def test_checkpoint_of_other_run_is_refused(ds, store_dir, tmp_path):
         _trainer(ds, store_dir, tmp_path / "c.pt", batch_size=128)
 
 
+def test_checkpoint_on_another_basis_is_refused(ds, store_dir, tmp_path):
+    # A recomputed store can hold another basis of the same eigenspaces (other thread
+    # counts): coefficients learned on one basis must not be applied to another.
+    _trainer(ds, store_dir, tmp_path / "b.pt", epochs=1).fit()
+    other = tmp_path / "other"
+    shutil.copytree(store_dir, other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["info"]["id"]["crc32"] += 1
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="basis_crc32"):
+        Trainer(_model(ds, BandStore.open(other)), ds, _cfg(), checkpoint=tmp_path / "b.pt")
+
+
 # -- the pipeline in a subprocess, killed with SIGKILL -----------------------------------------
 def _pipeline_cmd(out: Path, *flags: str):
     code = ("import sys; from pathlib import Path; from ssr_engine.train.pipeline import "
@@ -216,6 +230,14 @@ def test_pipeline_guards(tmp_path):
     with pytest.raises(ValueError, match="too large for --approx exact"):
         run_large(LargeRun(out=tmp_path / "big", **dict(opts, synthetic=(400_000, 200_000, 10**6)),
                            approx="exact"))
+
+
+def test_resume_with_other_band_settings_changes_nothing(tmp_path):
+    run_large(LargeRun(out=tmp_path, **_TINY))
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "bands").iterdir()}
+    with pytest.raises(ValueError, match="d0: stored 4 vs now 6.*nothing was computed"):
+        run_large(LargeRun(out=tmp_path, resume=True, **dict(_TINY, d0=6)))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "bands").iterdir()} == files
 
 
 def test_pipeline_full_disk_keeps_checkpoint(tmp_path, monkeypatch):

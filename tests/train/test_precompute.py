@@ -13,8 +13,8 @@ from ssr_engine.data import synthetic_dataset
 from ssr_engine.distributed import run_local
 from ssr_engine.train import precompute as pre
 from ssr_engine.nn import reduce_features
-from ssr_engine.train.precompute import (check_feasible, chebyshev_plan, id_projection,
-                                         precompute_bands)
+from ssr_engine.nn.sources import PROBE_BLOCK, white_probe
+from ssr_engine.train.precompute import check_feasible, chebyshev_plan, precompute_bands
 
 JOIN_S = 90.0
 
@@ -33,15 +33,15 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def test_id_projection_is_layout_free():
+def test_white_probe_is_layout_free():
     d0 = 3
-    full = id_projection(0, 2 * pre.ID_BLOCK + 5, d0, seed=4)
-    assert full.shape == (2 * pre.ID_BLOCK + 5, d0) and full.dtype == torch.float32
-    lo, hi = pre.ID_BLOCK - 2, pre.ID_BLOCK + 7        # across a block boundary
-    assert torch.equal(id_projection(lo, hi, d0, seed=4), full[lo:hi])
-    assert id_projection(5, 5, d0, 4).shape == (0, d0)
+    full = white_probe(0, 2 * PROBE_BLOCK + 5, 4, d0)
+    assert full.shape == (2 * PROBE_BLOCK + 5, d0) and full.dtype == torch.float32
+    lo, hi = PROBE_BLOCK - 2, PROBE_BLOCK + 7          # across a block boundary
+    assert torch.equal(white_probe(lo, hi, 4, d0), full[lo:hi])
+    assert white_probe(5, 5, 4, d0).shape == (0, d0)
     assert abs(float(full.std()) - 1.0) < 0.01
-    assert not torch.equal(id_projection(0, 10, d0, 5), full[:10])
+    assert not torch.equal(white_probe(0, 10, 5, d0), full[:10])
 
 
 def test_reduce_features_sign_convention():

@@ -1,5 +1,6 @@
 """Band store: round trip, key checks, incomplete stores, and a full disk refused up front."""
 import errno
+import json
 import os
 
 import numpy as np
@@ -117,3 +118,52 @@ def test_damaged_store_is_reported(tmp_path):
     with pytest.raises(ValueError, match="damaged"):
         BandStore.open(tmp_path)
     assert os.path.exists(tmp_path / "meta.json")
+
+
+def _basis_store(tmp_path, lam=(0.0, 0.5, 1.5)):
+    w = BandWriter.create(tmp_path, 4, 2, {"text": 3}, KEY, basis=3)
+    w.write("text", _bands(2, 4, 3, 0))
+    w.write_basis(torch.eye(4, 3))
+    return w.commit({"plan": {"edges": [0.0, 1.0, 2.0]},
+                     "id": {"eigenvalues": list(lam), "partial": True,
+                            "crc32": w.basis_crc32()}})
+
+
+def test_basis_and_source(tmp_path):
+    store = _basis_store(tmp_path)
+    src = store.source()
+    assert src.n_bands == 2 and src.partial and src.dims == {"text": 3}
+    assert torch.equal(src.basis[torch.tensor([1, 3])], torch.eye(4, 3)[[1, 3]])
+    assert src.identity == {"store": KEY, "basis_crc32": store.meta["info"]["id"]["crc32"]}
+    assert store.nbytes == store_nbytes(4, 2, {"text": 3}, basis=3) == 4 * (2 * 3 + 3) * 4
+
+
+@pytest.mark.parametrize("lam, problem", [((0.0, 0.5), "2 eigenvalues for a basis of 3"),
+                                          ((0.0, 1.5, 0.5), "not ascending")])
+def test_inconsistent_metadata_is_damage(tmp_path, lam, problem):
+    _basis_store(tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["info"]["id"]["eigenvalues"] = list(lam)
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"damaged.*{problem}"):
+        BandStore.open(tmp_path, KEY)
+    assert BandStore.open_if_valid(tmp_path, KEY) is None       # the pipeline recomputes
+
+
+def test_older_format_is_not_reused(tmp_path):
+    _basis_store(tmp_path)
+    meta = tmp_path / "meta.json"
+    meta.write_text(meta.read_text().replace(store_mod.FORMAT, "ssr-band-store-1"))
+    with pytest.raises(ValueError, match="not a band store of this version"):
+        BandStore.open(tmp_path, KEY)
+    assert BandStore.open_if_valid(tmp_path, KEY) is None
+
+
+def test_non_finite_rows_are_not_written(tmp_path):
+    w = BandWriter.create(tmp_path, 4, 2, {"text": 3}, KEY, basis=3)
+    bad = _bands(2, 4, 3, 0)
+    bad[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf; nothing was written"):
+        w.write("text", bad)
+    with pytest.raises(ValueError, match="NaN or inf; nothing was written"):
+        w.write_basis(torch.full((4, 3), float("inf")))
