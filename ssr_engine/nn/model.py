@@ -33,7 +33,7 @@ nodes, independent of the graph size when the ID residual has sparse gradients.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch

@@ -38,11 +38,11 @@ import torch.distributed as dist
 
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
-from .checkpoint import atomic_write, remove_leftovers
-from .trainer import TrainConfig, Trainer
 from ..nn import SSRModel
+from .checkpoint import atomic_write, remove_leftovers
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
+from .trainer import TrainConfig, Trainer
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
            "synthetic_modalities"]
@@ -187,7 +187,7 @@ def _checkpoint_store_key(ckpt: Path) -> Dict:
     precompute, so that a refused resume changes no file)."""
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:                       # the trainer names the problem when loading
+    except Exception as e:                       # truncated, empty, not a checkpoint
         raise ValueError(f"cannot read the checkpoint {ckpt}: {type(e).__name__}: {e}") from e
     source = state.get("config", {}).get("model", {}).get("source")
     if not isinstance(source, dict) or "store" not in source:
