@@ -42,7 +42,8 @@ import torch
 import ssr_engine
 from ssr_engine.data import load_mmrec, synthetic_dataset
 from ssr_engine.distributed import RankFailure
-from ssr_engine.train import Interrupted, TrainConfig, Trainer, seed_everything
+from ssr_engine.train import (Interrupted, TrainConfig, Trainer, default_batch_size,
+                              seed_everything)
 from ssr_engine.train.checkpoint import atomic_write, remove_leftovers
 from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
@@ -97,7 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dim", type=int, default=64)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--reg", type=float, default=1e-4)
-    g.add_argument("--batch-size", type=int, default=2048, help="interactions per step")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="interactions per step (default: 2048, doubled while an epoch would "
+                        "take over 2000 steps)")
     g.add_argument("--n-neg", type=int, default=1)
     g.add_argument("--patience", type=int, default=20)
     g.add_argument("--eval-every", type=int, default=1)
@@ -210,7 +213,9 @@ def run_in_memory(args, ds, t0: float) -> dict:
     seed_everything(args.seed)
     model = build_model(args, ds).to(args.device)
     setup = time.perf_counter() - t0
-    cfg = TrainConfig(epochs=args.epochs or 1000, batch_size=args.batch_size, lr=args.lr,
+    batch = (default_batch_size(int((ds.split == 0).sum())) if args.batch_size is None
+             else args.batch_size)
+    cfg = TrainConfig(epochs=args.epochs or 1000, batch_size=batch, lr=args.lr,
                       n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
                       eval_users=args.eval_users or None, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, quiet=args.quiet)

@@ -1,7 +1,8 @@
 """Training: triplet sampling, the resumable early-stopping loop, checkpoints."""
 from .checkpoint import config_diff, load_checkpoint, save_checkpoint
 from .sampling import BPRSampler
-from .trainer import Interrupted, TrainConfig, Trainer, TrainResult, seed_everything
+from .trainer import (Interrupted, TrainConfig, Trainer, TrainResult, default_batch_size,
+                      seed_everything)
 
 __all__ = ["BPRSampler", "TrainConfig", "Trainer", "TrainResult", "Interrupted", "seed_everything",
-           "save_checkpoint", "load_checkpoint", "config_diff"]
+           "default_batch_size", "save_checkpoint", "load_checkpoint", "config_diff"]

@@ -42,7 +42,7 @@ from ..nn import SSRModel
 from .checkpoint import atomic_write, remove_leftovers
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, default_batch_size
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
            "synthetic_modalities"]
@@ -92,7 +92,8 @@ class LargeRun:
             lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`, which
             reads its band slots from the store and updates its ID residual sparsely).
         epochs, batch_size, lr, n_neg, patience, eval_every, eval_users,
-            checkpoint_every: training settings (:class:`~ssr_engine.train.TrainConfig`).
+            checkpoint_every: training settings (:class:`~ssr_engine.train.TrainConfig`;
+            ``batch_size`` ``None``: :func:`~ssr_engine.train.trainer.default_batch_size`).
     """
 
     out: Path = Path("runs/train_large")
@@ -131,7 +132,7 @@ class LargeRun:
     reg: float = 1e-4
     loss: str = "bpr"
     epochs: int = 5
-    batch_size: int = 2048
+    batch_size: Optional[int] = None
     lr: float = 1e-3
     n_neg: int = 1
     patience: int = 20
@@ -318,7 +319,8 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                          seed=opts.seed, sparse_residual=sparse).to(opts.device)
     del graph
     gc.collect()
-    cfg = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+    batch = default_batch_size(n_train) if opts.batch_size is None else opts.batch_size
+    cfg = TrainConfig(epochs=opts.epochs, batch_size=batch, lr=opts.lr,
                       n_neg=opts.n_neg, patience=opts.patience, eval_every=opts.eval_every,
                       eval_users=opts.eval_users, seed=opts.seed,
                       checkpoint_every=opts.checkpoint_every, quiet=opts.quiet)
