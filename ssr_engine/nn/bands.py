@@ -57,13 +57,11 @@ class FixedBands(nn.Module):
                              f"{tuple(bands.shape)}")
         if isinstance(bands, StoredRows):
             self.bands = bands
-            width = bands.shape[2]
         else:
             if not torch.isfinite(bands).all():
                 raise ValueError("band signals contain NaN or inf")
             self.register_buffer("bands", bands.float().contiguous())
-            width = bands.shape[2]
-        self.proj = nn.Linear(width, dim, bias=False)
+        self.proj = nn.Linear(bands.shape[2], dim, bias=False)
 
     @property
     def n_bands(self) -> int:

@@ -438,9 +438,10 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         raise ValueError("'id' names the ID modality; rename the content modality 'id'")
     key = _store_key(graph, features, approx, n_bands, order, k, d0, reduce, seed, delta,
                      store_dtype, compute_dtype, id_k)
-    if expect_key is not None and key_diff(expect_key, key):
+    diff = key_diff(expect_key, key) if expect_key is not None else ""
+    if diff:
         raise ValueError(f"these band settings differ from those of the store the checkpoint "
-                         f"was trained on ({key_diff(expect_key, key)}); nothing was computed "
+                         f"was trained on ({diff}); nothing was computed "
                          "or changed: resume with the checkpoint's settings, or start over "
                          "with --fresh")
     root = Path(root)

@@ -4,9 +4,9 @@ A band store is a folder holding one ``<modality>.npy`` per content modality, ea
 ``[N, M, d_m]`` (node-major: a node's bands are one contiguous run, so a batch reads one run
 per node and modality), the ID modality's eigenbasis ``basis.npy`` ``[N, K]`` (its eigenvalues
 in the metadata), and a ``meta.json`` that is written last. :meth:`BandStore.source` turns it
-into the :class:`~ssr_engine.nn.sources.BandSource` of an :class:`~ssr_engine.SSRModel`. The arrays are memory-mapped for
-reading, so a training step touches only the rows of its batch and the store may be larger
-than the memory the process keeps resident.
+into the :class:`~ssr_engine.nn.sources.BandSource` of an :class:`~ssr_engine.SSRModel`.
+The arrays are memory-mapped for reading, so a training step touches only the rows of its
+batch and the store may be larger than the memory the process keeps resident.
 
 Writing is crash- and disk-safe: the space is checked with :func:`shutil.disk_usage` and
 reserved with ``posix_fallocate`` before a byte is written (a full disk is an ``OSError``
@@ -136,7 +136,8 @@ class BandStore:
         ...                       basis=4)
         >>> w.write("text", torch.ones(2, 5, 3))
         >>> w.write_basis(torch.eye(5, 4))
-        >>> store = w.commit()
+        >>> store = w.commit({"plan": {"edges": [0.0, 1.0, 2.0]},
+        ...                   "id": {"eigenvalues": [0.0, 0.5, 1.5, 2.0], "partial": True}})
         >>> store.rows(torch.tensor([0, 4]))["text"].shape, store.basis_rows([0, 4]).shape
         (torch.Size([2, 2, 3]), torch.Size([2, 4]))
         >>> BandStore.open(root, key={"seed": 0}).n_nodes
