@@ -62,6 +62,28 @@ def _triple(text: str):
     return u, i, e
 
 
+def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """argparse type: a ``kind`` (int/float) inside the given range, else a one-line error."""
+    def parse(text: str):
+        try:
+            x = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if x != x or abs(x) == float("inf") or (lo is not None and (x <= lo if lo_open else x < lo)) or \
+                (hi is not None and (x >= hi if hi_open else x > hi)):
+            rng = ("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", " + \
+                  ("inf" if hi is None else f"{hi:g}") + (")" if hi_open or hi is None else "]")
+            raise argparse.ArgumentTypeError(f"must be in {rng}, got {text}")
+        return x
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POS_INT, NONNEG_INT = _number(int, 1), _number(int, 0)
+POS_FLOAT, NONNEG_FLOAT = _number(float, 0, lo_open=True), _number(float, 0)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -79,9 +101,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                         "graphs, else chebyshev)")
     p.add_argument("--pipeline", choices=("auto", "stored", "memory"), default="auto",
                    help="stored band features or in-memory model (auto: see above)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="maximum epochs (default: 5 stored, 1000 in memory)")
-    p.add_argument("--seed", type=int, default=999)
+    p.add_argument("--epochs", type=POS_INT, default=None,
+                   help="maximum epochs; training stops earlier when validation stops "
+                        "improving (default: 1000 with --data, 5 on the synthetic graph)")
+    p.add_argument("--seed", type=NONNEG_INT, default=999)
     p.add_argument("--out", type=Path, default=Path("runs/train_large"))
     run = p.add_mutually_exclusive_group()
     run.add_argument("--resume", action="store_true", help="continue <out>/checkpoint.pt")
@@ -90,61 +113,61 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--report", type=Path, default=None,
                    help="write the band explanation report (PNGs + HTML) here (SSR in memory)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=POS_INT, default=None,
                    help="torch CPU threads (stored pipeline: default 1, which is fastest on a "
                         "busy shared machine; pass more on a dedicated one. In memory: "
                         "torch's default)")
     g = p.add_argument_group("training")
-    g.add_argument("--dim", type=int, default=64)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--reg", type=float, default=1e-4)
-    g.add_argument("--batch-size", type=int, default=None,
+    g.add_argument("--dim", type=POS_INT, default=64)
+    g.add_argument("--lr", type=POS_FLOAT, default=1e-3)
+    g.add_argument("--reg", type=NONNEG_FLOAT, default=1e-4)
+    g.add_argument("--batch-size", type=POS_INT, default=None,
                    help="interactions per step (default: 2048, doubled while an epoch would "
                         "take over 2000 steps)")
-    g.add_argument("--n-neg", type=int, default=1)
-    g.add_argument("--patience", type=int, default=20)
-    g.add_argument("--eval-every", type=int, default=1)
-    g.add_argument("--eval-users", type=int, default=20000,
+    g.add_argument("--n-neg", type=POS_INT, default=1)
+    g.add_argument("--patience", type=POS_INT, default=20)
+    g.add_argument("--eval-every", type=POS_INT, default=1)
+    g.add_argument("--eval-users", type=NONNEG_INT, default=20000,
                    help="rank all items for a fixed sample of this many users, in validation "
                         "and test (0: all users)")
     g.add_argument("--loss", choices=("bpr", "bce"), default="bpr")
-    g.add_argument("--checkpoint-every", type=int, default=0,
+    g.add_argument("--checkpoint-every", type=NONNEG_INT, default=0,
                    help="also checkpoint every this many steps")
     g = p.add_argument_group("SSR")
-    g.add_argument("--n-bands", type=int, default=4)
-    g.add_argument("--rank", type=int, default=16, help="CP rank of the G-HSNO fusion")
-    g.add_argument("--order", type=int, default=None, help="Chebyshev order")
-    g.add_argument("--id-basis", type=int, default=None,
+    g.add_argument("--n-bands", type=POS_INT, default=4)
+    g.add_argument("--rank", type=POS_INT, default=16, help="CP rank of the G-HSNO fusion")
+    g.add_argument("--order", type=_number(int, 2), default=None, help="Chebyshev order")
+    g.add_argument("--id-basis", type=POS_INT, default=None,
                    help="eigenpairs per end for the ID modality (default: full basis on "
                         "small graphs, else 256, halved while computing it would take over "
                         "~6 GB)")
     g.add_argument("--id-prior", choices=("none", "lightgcn", "mirror"), default="none",
                    help="spectral prior of the ID coefficients")
-    g.add_argument("--d0", type=int, default=64, help="width of the reduced content features")
+    g.add_argument("--d0", type=POS_INT, default=64, help="width of the reduced content features")
     g.add_argument("--band-edges", choices=("energy", "uniform"), default="energy",
                    help="in memory: energy-balanced or uniform edges")
     g.add_argument("--fusion", choices=("sum", "cp", "cp+sum"), default="sum",
                    help="plain sum (default, chosen on validation), G-HSNO (cp), or G-HSNO "
                         "on a sum skip path")
     g.add_argument("--no-mask", action="store_true", help="ablation: no band mask")
-    g.add_argument("--mask-p", type=float, default=0.2)
-    g.add_argument("--lambda-mask", type=float, default=0.1)
+    g.add_argument("--mask-p", type=_number(float, 0, 1, hi_open=True), default=0.2)
+    g.add_argument("--lambda-mask", type=NONNEG_FLOAT, default=0.1)
     g.add_argument("--consistency", choices=("representation", "prediction"),
                    default="representation")
     g.add_argument("--no-align", action="store_true", help="ablation: no spectral alignment")
-    g.add_argument("--lambda-cl", type=float, default=0.05)
-    g.add_argument("--tau", type=float, default=0.2)
+    g.add_argument("--lambda-cl", type=NONNEG_FLOAT, default=0.05)
+    g.add_argument("--tau", type=POS_FLOAT, default=0.2)
     g = p.add_argument_group("stored pipeline")
     g.add_argument("--reduce", choices=("pca", "random"), default="pca")
-    g.add_argument("--k", type=int, default=None, help="eigenpairs per end for --approx eigen")
+    g.add_argument("--k", type=POS_INT, default=None, help="eigenpairs per end for --approx eigen")
     g.add_argument("--store-dtype", choices=("float32", "float16"), default="float32")
     g.add_argument("--store-dir", type=Path, default=None, help="default <out>/bands")
     g.add_argument("--distributed", action="store_true",
                    help="one process per rank (torchrun): row-partitioned bands, DDP")
-    g.add_argument("--timeout", type=float, default=300.0,
+    g.add_argument("--timeout", type=POS_FLOAT, default=300.0,
                    help="seconds a collective waits for a peer before failing")
     g = p.add_argument_group("baselines")
-    g.add_argument("--layers", type=int, default=3, help="LightGCN layers")
+    g.add_argument("--layers", type=NONNEG_INT, default=3, help="LightGCN layers")
     return p.parse_args(argv)
 
 
@@ -155,6 +178,14 @@ def load_data(args):
     return synthetic_dataset(u, i, e, modalities=synthetic_modalities(args.modalities),
                              seed=args.seed, name=f"synthetic-{u}x{i}x{e}",
                              progress=not args.quiet)
+
+
+def default_epochs(args) -> int:
+    """``--epochs``, else 1000 on real data (early stopping ends the run) and 5 on the
+    synthetic graph, whose random interactions leave nothing to learn beyond a few epochs."""
+    if args.epochs is not None:
+        return args.epochs
+    return 1000 if args.data is not None else 5
 
 
 def use_stored(args, n_nodes: int) -> bool:
@@ -178,7 +209,7 @@ def stored_options(args) -> LargeRun:
         id_prior=args.id_prior, fusion=args.fusion, band_mask=not args.no_mask,
         mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
         align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
-        loss=args.loss, epochs=args.epochs or 5, batch_size=args.batch_size,
+        loss=args.loss, epochs=default_epochs(args), batch_size=args.batch_size,
         lr=args.lr, n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
         eval_users=args.eval_users or None, checkpoint_every=args.checkpoint_every)
 
@@ -215,7 +246,7 @@ def run_in_memory(args, ds, t0: float) -> dict:
     setup = time.perf_counter() - t0
     batch = (default_batch_size(int((ds.split == 0).sum())) if args.batch_size is None
              else args.batch_size)
-    cfg = TrainConfig(epochs=args.epochs or 1000, batch_size=batch, lr=args.lr,
+    cfg = TrainConfig(epochs=default_epochs(args), batch_size=batch, lr=args.lr,
                       n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
                       eval_users=args.eval_users or None, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, quiet=args.quiet)

@@ -71,3 +71,33 @@ def test_too_large_for_exact_is_refused_up_front(tmp_path, pipeline):
 def test_report_needs_the_in_memory_pipeline(tmp_path):
     r = _run("--approx", "chebyshev", *SMALL, "--report", str(tmp_path / "rep"), out=tmp_path)
     assert r.returncode == 2 and "--report" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def script():
+    import runpy
+    return runpy.run_path(str(SCRIPT), run_name="train_large")
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--epochs", "0"), ("--epochs", "-1"), ("--batch-size", "0"), ("--dim", "0"),
+    ("--eval-every", "0"), ("--patience", "0"), ("--threads", "-1"), ("--eval-users", "-5"),
+    ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"), ("--reg", "-0.001"), ("--mask-p", "1"),
+    ("--tau", "0"), ("--order", "1"), ("--n-bands", "0"), ("--d0", "0"), ("--seed", "-1"),
+    ("--timeout", "0"), ("--layers", "-1"), ("--dim", "2.5"), ("--lr", "fast")])
+def test_numeric_flags_out_of_range_are_refused(script, capsys, flag, value):
+    # before: --epochs 0 / --batch-size 0 were silently replaced by defaults, --dim 0 trained,
+    # --eval-every 0 raised ZeroDivisionError, negative counts gave tracebacks
+    with pytest.raises(SystemExit) as e:
+        script["parse_args"](["--model", "mf", flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}:" in err and value in err
+
+
+def test_default_epochs_train_real_data_to_early_stopping(script):
+    # the stored pipeline used to stop real data after 5 epochs unless --epochs was given
+    parse, epochs = script["parse_args"], script["default_epochs"]
+    assert epochs(parse(["--data", "somewhere"])) == 1000
+    assert epochs(parse([])) == 5                                 # the synthetic demo graph
+    assert epochs(parse(["--data", "somewhere", "--epochs", "7"])) == 7
