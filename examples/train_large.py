@@ -108,7 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/train_large"))
     run = p.add_mutually_exclusive_group()
     run.add_argument("--resume", action="store_true", help="continue <out>/checkpoint.pt")
-    run.add_argument("--fresh", action="store_true", help="discard <out>/checkpoint.pt")
+    run.add_argument("--fresh", action="store_true",
+                     help="start over; <out>/checkpoint.pt is replaced when the new run writes "
+                          "its first checkpoint")
     p.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
     p.add_argument("--report", type=Path, default=None,
                    help="write the band explanation report (PNGs + HTML) here (SSR in memory)")
@@ -257,10 +259,8 @@ def run_in_memory(args, ds, t0: float) -> dict:
                          "continue that run or --fresh to start over")
     if args.resume and not ckpt.exists():
         raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
-    if args.fresh and ckpt.exists():
-        ckpt.unlink()
     remove_leftovers(ckpt, args.out / "metrics.json")
-    res = Trainer(model, ds, cfg, checkpoint=ckpt).fit()
+    res = Trainer(model, ds, cfg, checkpoint=ckpt, fresh=args.fresh).fit()
     out = {"dataset": ds.name, "model": args.model, "pipeline": "memory", "seed": args.seed,
            "config": model.config(), "bands": getattr(model, "band_report", None),
            "train": cfg.identity(), "best_epoch": res.best_epoch,

@@ -24,3 +24,33 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.fail(f"shared data folder {DATA_DIR} is missing (set SSR_DATA)")
     return DATA_DIR
+
+
+@pytest.fixture
+def disk_fills_after(monkeypatch):
+    """``disk_fills_after(n)``: files that :func:`atomic_write` opens for binary writing raise
+    ENOSPC once ``n`` bytes have been written (a disk that fills up)."""
+    def fill(nbytes):
+        import errno
+        import io
+        import os
+        from ssr_engine.train import checkpoint as mod
+        real = os.fdopen
+
+        class Full(io.BufferedWriter):
+            written = 0
+
+            def write(self, b):
+                Full.written += len(b)
+                if Full.written > nbytes:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return super().write(b)
+
+        def fdopen(fd, mode="r", *a, **k):
+            fh = real(fd, mode, *a, **k)
+            return Full(fh.detach()) if mode == "wb" else fh
+
+        monkeypatch.setattr(mod.os, "fdopen", fdopen)
+        return Full
+
+    return fill

@@ -9,7 +9,7 @@ import torch
 
 from ..data import Dataset
 from ..nn.model import SSRModel
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import load_checkpoint, read_checkpoint
 from ..train.trainer import _fingerprint
 
 __all__ = ["load_trained_model"]
@@ -21,11 +21,8 @@ _NOT_ARGS = ("model", "n_users", "n_items", "features")
 
 def _saved_config(path: Path) -> dict:
     # Memory-mapped read: only the config is touched here.
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})")
-    if not isinstance(st, dict) or "config" not in st or "model" not in st["config"]:
+    st = read_checkpoint(path, mmap=True)
+    if "model" not in st["config"]:
         raise ValueError(f"{path} is not a checkpoint written by ssr_engine.train")
     return st["config"]
 

@@ -7,24 +7,32 @@ file in the same folder, synced and moved into place with ``os.replace`` — so 
 write never leaves a torn file (the band store's ``meta.json`` and the pipeline's
 ``metrics.json`` are written the same way). A process killed outright (SIGKILL) cannot remove
 its temporary file; :func:`remove_leftovers` clears such files when the next run starts.
+
+Checkpoints are read back with ``torch.load(..., weights_only=True)`` only
+(:func:`read_checkpoint`): they hold tensors and plain Python values (the numpy RNG state is
+saved as a tensor and plain numbers), so a file received from someone else cannot run code
+when it is loaded — a file that needs more than that is refused, not unpickled.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
+import pickle
 import signal
 import sys
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, Union
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "config_diff", "atomic_write",
-           "remove_leftovers"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "config_diff",
+           "atomic_write", "remove_leftovers"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -57,6 +65,8 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     with _sigterm_raises():
         try:
             fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+            # mkstemp creates 0600; give the file what open() would under the user's umask
+            os.chmod(tmp, 0o666 & ~_umask())
             with os.fdopen(fd, mode) as fh:
                 yield fh
                 fh.flush()
@@ -66,6 +76,13 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+def _umask() -> int:
+    # the process umask (reading it means setting it; set it straight back)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -119,8 +136,21 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (:func:`atomic_write`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as fh:
-        torch.save(state, fh)
+    try:
+        with atomic_write(path, "wb") as fh:
+            torch.save(state, fh)
+    except RuntimeError as e:
+        # torch's archive writer reports a failed write (disk full, I/O error) as
+        # "[enforce fail at inline_container.cc]"; the OSError behind it says what happened.
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was kept"
+        what = "no space left on the device" if cause.errno == errno.ENOSPC else str(cause)
+        raise OSError(cause.errno, f"cannot write the checkpoint {path}: {what}; {kept}") \
+            from e
     return path
 
 
@@ -142,6 +172,64 @@ def config_diff(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, tup
             for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")}
 
 
+def read_checkpoint(path: PathLike, mmap: bool = False) -> Dict[str, Any]:
+    """Read a checkpoint file safely: ``torch.load(weights_only=True)``, which rebuilds
+    tensors and plain Python values only and never runs code from the file.
+
+    Args:
+        path: the ``checkpoint.pt``.
+        mmap: memory-map the tensors (cheap when only the configuration is needed).
+
+    Returns:
+        the saved dict.
+
+    Raises:
+        FileNotFoundError: when there is no such file.
+        ValueError: naming the file and the problem, when it is empty, truncated or not a
+            ``torch.save`` file, or when it holds Python objects beyond tensors and plain
+            values (refused, since unpickling them can execute arbitrary code).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.pt"
+        >>> _ = p.write_bytes(b"")
+        >>> read_checkpoint(p)
+        Traceback (most recent call last):
+        ...
+        ValueError: the checkpoint ... is empty (a write that never finished?); delete it or start over with --fresh
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"there is no checkpoint file {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"the checkpoint {path} is empty (a write that never finished?); "
+                         "delete it or start over with --fresh")
+    if not zipfile.is_zipfile(path):            # torch.save writes a zip archive
+        raise ValueError(f"the checkpoint {path} is damaged or not a checkpoint: it is not a "
+                         "complete torch.save archive (truncated?); delete it or start over "
+                         "with --fresh")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            first = str(e).strip().splitlines()[0][:200]
+            raise ValueError(
+                f"refused to load {path}: it holds Python objects beyond tensors and plain "
+                "values, and unpickling those can run arbitrary code (ssr_engine never "
+                f"writes such checkpoints; was the file replaced?). torch said: {first}"
+            ) from None
+        raise ValueError(f"the checkpoint {path} is damaged ({e}); delete it or start over "
+                         "with --fresh") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"the checkpoint {path} is damaged: truncated or not a checkpoint "
+                         f"({type(e).__name__}: {first}); delete it or start over with "
+                         "--fresh") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"{path} is not a checkpoint written by ssr_engine.train")
+    return state
+
+
 def load_checkpoint(path: PathLike, config: Dict[str, Any]) -> Dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` for the same configuration.
 
@@ -154,12 +242,11 @@ def load_checkpoint(path: PathLike, config: Dict[str, Any]) -> Dict[str, Any]:
 
     Raises:
         ValueError: when the checkpoint was written by a different configuration (the
-            differing keys are listed) or is not a checkpoint of this harness.
+            differing keys are listed), is damaged, or is not a checkpoint of this harness
+            (:func:`read_checkpoint`).
     """
     path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "config" not in state:
-        raise ValueError(f"{path} is not a checkpoint written by ssr_engine.train")
+    state = read_checkpoint(path)
     diff = config_diff(state["config"], config)
     if diff:
         lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
 from ..nn import SSRModel
-from .checkpoint import atomic_write, remove_leftovers
+from .checkpoint import atomic_write, read_checkpoint, remove_leftovers
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
 from .trainer import TrainConfig, Trainer, default_batch_size
@@ -78,7 +78,8 @@ class LargeRun:
         approx: band method (``auto``, ``exact``, ``eigen``, ``lobpcg``, ``chebyshev``).
         resume: continue from ``out/checkpoint.pt`` (required when it exists, unless
             ``fresh``).
-        fresh: delete an existing checkpoint and start over.
+        fresh: start over; an existing checkpoint is replaced when this run writes its
+            first one (a run refused or failing before that leaves it as it was).
         distributed: one process per rank (``torchrun``): row-partitioned band
             precompute and DDP training.
         timeout: seconds a collective may wait for a peer (distributed).
@@ -186,10 +187,7 @@ def _check_store_space(store_dir: Path, nbytes: int, ckpt: Path) -> None:
 def _checkpoint_store_key(ckpt: Path) -> Dict:
     """The key of the band store the checkpoint's model was trained on (read before any
     precompute, so that a refused resume changes no file)."""
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:                       # truncated, empty, not a checkpoint
-        raise ValueError(f"cannot read the checkpoint {ckpt}: {type(e).__name__}: {e}") from e
+    state = read_checkpoint(ckpt, mmap=True)
     source = state.get("config", {}).get("model", {}).get("source")
     if not isinstance(source, dict) or "store" not in source:
         raise ValueError(f"the checkpoint {ckpt} was not written by the stored pipeline (its "
@@ -252,8 +250,6 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                          "continue that run or --fresh to start over")
     if opts.resume and not ckpt.exists():
         raise ValueError(f"--resume: there is no checkpoint in {out} to continue")
-    if opts.fresh and ckpt.exists() and rank == 0:
-        ckpt.unlink()
     if rank == 0:
         left = remove_leftovers(ckpt, out / "metrics.json")
         if left:
@@ -324,7 +320,8 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                       n_neg=opts.n_neg, patience=opts.patience, eval_every=opts.eval_every,
                       eval_users=opts.eval_users, seed=opts.seed,
                       checkpoint_every=opts.checkpoint_every, quiet=opts.quiet)
-    trainer = Trainer(model, ds, cfg, checkpoint=ckpt, distributed=opts.distributed)
+    trainer = Trainer(model, ds, cfg, checkpoint=ckpt, distributed=opts.distributed,
+                      fresh=opts.fresh)
     if trainer.epoch or trainer.step:
         log(f"[train] resuming after epoch {trainer.epoch}, step {trainer.step}")
     log(f"[train] {trainer.steps_per_epoch} steps of {cfg.batch_size} per epoch"

@@ -219,6 +219,19 @@ class _Signals:
         return False
 
 
+def _numpy_rng_state() -> Dict:
+    """numpy's global RNG state as a tensor and plain numbers (a checkpoint loads with
+    ``weights_only=True``, which rebuilds no numpy objects)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_rng_state(st: Dict) -> None:
+    np.random.set_state((st["name"], st["keys"].numpy().astype(np.uint32), st["pos"],
+                         st["has_gauss"], st["gauss"]))
+
+
 class Trainer:
     """Train a :class:`~ssr_engine.nn.Recommender` on a :class:`~ssr_engine.data.Dataset`.
 
@@ -229,6 +242,8 @@ class Trainer:
         config: a :class:`TrainConfig`.
         checkpoint: file saved after every epoch (and on signals) and resumed from when it
             exists (``None``: no checkpoints).
+        fresh: start over even when ``checkpoint`` exists; the old file stays until this run
+            writes its first checkpoint over it (a run that fails before that loses nothing).
         distributed: train under ``DistributedDataParallel`` on the default process group
             (every process runs this with the same arguments; process 0 writes the
             checkpoint).
@@ -250,7 +265,8 @@ class Trainer:
 
     def __init__(self, model: Recommender, dataset: Dataset,
                  config: Optional[TrainConfig] = None,
-                 checkpoint: Union[str, Path, None] = None, distributed: bool = False):
+                 checkpoint: Union[str, Path, None] = None, distributed: bool = False,
+                 fresh: bool = False):
         self.model, self.ds = model, dataset
         self.cfg = cfg = config or TrainConfig()
         if (model.n_users, model.n_items) != (dataset.n_users, dataset.n_items):
@@ -306,7 +322,7 @@ class Trainer:
         self.bad_evals = 0
         self.history: List[Dict] = []
         self.test_result: Optional[RankingResult] = None        # set by fit()
-        if self.checkpoint is not None and self.checkpoint.exists():
+        if self.checkpoint is not None and self.checkpoint.exists() and not fresh:
             self._restore(load_checkpoint(self.checkpoint, self.run_config))
 
     # -- helpers --------------------------------------------------------------------------------
@@ -334,7 +350,7 @@ class Trainer:
                 "sparse_optimizer": self.sparse_opt.state_dict() if self.sparse_opt else None,
                 "epoch": self.epoch, "step": self.step, "partial": list(self.partial),
                 "best": self.best, "bad_evals": self.bad_evals, "history": self.history,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(),
                         "python": random.getstate()}}
 
     def _restore(self, st: Dict) -> None:
@@ -347,7 +363,7 @@ class Trainer:
         self.partial = list(st["partial"]) if self.rank == 0 else [0.0, 0]
         self.best, self.bad_evals, self.history = st["best"], st["bad_evals"], st["history"]
         torch.set_rng_state(st["rng"]["torch"])
-        np.random.set_state(st["rng"]["numpy"])
+        _set_numpy_rng_state(st["rng"]["numpy"])
         random.setstate(st["rng"]["python"])
 
     def save(self) -> None:

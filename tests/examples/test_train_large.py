@@ -101,3 +101,33 @@ def test_default_epochs_train_real_data_to_early_stopping(script):
     assert epochs(parse(["--data", "somewhere"])) == 1000
     assert epochs(parse([])) == 5                                 # the synthetic demo graph
     assert epochs(parse(["--data", "somewhere", "--epochs", "7"])) == 7
+
+
+@pytest.mark.parametrize("pipeline", ["stored", "memory"])
+def test_fresh_keeps_the_old_checkpoint_until_the_new_run_writes_one(tmp_path, pipeline):
+    # before: --fresh deleted checkpoint.pt first, so a new run refused a moment later left
+    # the folder without its checkpoint
+    assert _run("--model", "mf", *SMALL, "--dim", "8", out=tmp_path).returncode == 0
+    old = (tmp_path / "checkpoint.pt").read_bytes()
+    bad = _run("--approx", "chebyshev", "--pipeline", pipeline, "--n-bands", "200", "--fresh",
+               *SMALL, out=tmp_path)
+    assert bad.returncode == 2 and "do not fit" in bad.stderr, bad.stderr
+    assert (tmp_path / "checkpoint.pt").read_bytes() == old
+    good = _run("--model", "mf", *SMALL, "--dim", "8", "--seed", "5", "--fresh", out=tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["seed"] == 5
+
+
+def test_disk_full_during_the_checkpoint_write_exits_1_and_keeps_it(script, tmp_path, capsys,
+                                                                     disk_fills_after):
+    # before: a RuntimeError traceback from torch's archive writer and the epoch lost
+    args = ["--model", "mf", *SMALL, "--dim", "8", "--out", str(tmp_path)]
+    script["main"](args)
+    old = (tmp_path / "checkpoint.pt").read_bytes()
+    disk_fills_after(1000)
+    with pytest.raises(SystemExit) as e:
+        script["main"](args + ["--fresh", "--seed", "3"])
+    assert e.value.code == 1
+    assert "no space left on the device; the previous checkpoint is kept" in \
+        capsys.readouterr().err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == old

@@ -25,7 +25,7 @@ def test_refusals(tiny_run, tmp_path):
         load_trained_model(tmp_path / "none.pt", ds)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match="junk.pt is damaged or not a checkpoint"):
         load_trained_model(junk, ds)
     no_image = Dataset(ds.user_ids, ds.item_ids, ds.split, ds.n_users, ds.n_items,
                        {"text": ds.features["text"]}, name="tiny")

@@ -104,3 +104,81 @@ def test_model_dataset_size_mismatch_is_refused(ds):
     small = synthetic_dataset(40, 30, 250, modalities={}, seed=0)
     with pytest.raises(ValueError, match="users x"):
         Trainer(ssr_engine.MFBPR(small.train_graph()), ds)
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file named by ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_with_a_pickle_payload_is_refused_and_runs_nothing(ds, tmp_path):
+    # before: torch.load(weights_only=False) ran the payload (train_large.py --resume,
+    # python -m ssr_engine.explain --checkpoint)
+    ck, marker = tmp_path / "checkpoint.pt", tmp_path / "pwned"
+    torch.save({"config": {"a": 1}, "evil": _Payload(marker)}, ck)
+    with pytest.raises(ValueError, match="refused to load .*checkpoint.pt.*arbitrary code"):
+        load_checkpoint(ck, {"a": 1})
+    assert not marker.exists()
+    from ssr_engine.train.checkpoint import read_checkpoint
+    with pytest.raises(ValueError, match="refused to load"):
+        read_checkpoint(ck, mmap=True)
+    assert not marker.exists()
+
+
+def test_trainer_checkpoint_holds_tensors_and_plain_values_only(ds, tmp_path):
+    ck = tmp_path / "checkpoint.pt"
+    Trainer(_mf(ds), ds, TrainConfig(epochs=1, quiet=True), checkpoint=ck).fit()
+    st = torch.load(ck, weights_only=True)                 # raises on anything else
+    assert isinstance(st["rng"]["numpy"]["keys"], torch.Tensor)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]), "damaged"),
+    (lambda p: p.write_bytes(b"\x80\x04K\x01."), "damaged or not a checkpoint"),
+])
+def test_damaged_checkpoint_is_named_with_its_problem(ds, tmp_path, damage, message):
+    # before: raw PytorchStreamReader / UnpicklingError / EOFError tracebacks
+    ck = tmp_path / "checkpoint.pt"
+    cfg = TrainConfig(epochs=1, quiet=True)
+    Trainer(_mf(ds), ds, cfg, checkpoint=ck).fit()
+    damage(ck)
+    with pytest.raises(ValueError, match=f"checkpoint {ck}.*{message}.*--fresh"):
+        Trainer(_mf(ds), ds, cfg, checkpoint=ck).fit()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_write_gives_the_permissions_of_any_new_file(tmp_path, umask):
+    # before: mkstemp's 0600 whatever the umask
+    import os
+    old = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / "a.txt", "w") as fh:
+            fh.write("x")
+        with open(tmp_path / "b.txt", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: (tmp_path / p).stat().st_mode & 0o777
+    assert mode("a.txt") == mode("b.txt") == 0o666 & ~umask
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(ds, tmp_path,
+                                                                     disk_fills_after):
+    # before: RuntimeError "[enforce fail at inline_container.cc]" and no word of the disk
+    import errno
+    ck = tmp_path / "checkpoint.pt"
+    Trainer(_mf(ds), ds, TrainConfig(epochs=1, quiet=True), checkpoint=ck).fit()
+    old = ck.read_bytes()
+    disk_fills_after(2000)
+    with pytest.raises(OSError, match="no space left on the device; the previous checkpoint is "
+                                      "kept") as e:
+        Trainer(_mf(ds), ds, TrainConfig(epochs=2, quiet=True), checkpoint=ck,
+                fresh=True).fit()
+    assert e.value.errno == errno.ENOSPC
+    assert ck.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == [ck.name]
