@@ -166,6 +166,12 @@ class StoredRows:
 
     Args:
         array: a numpy array or memory map, float32 or float16.
+        name: what the rows are (named in errors), e.g. the file they come from.
+
+    Raises:
+        ValueError: when gathered rows hold NaN or inf (a damaged store: the check costs a
+            pass over the batch's rows only, so a damaged file is named the first time a
+            batch touches it instead of turning the loss into NaN).
 
     Shapes:
         ``rows[nodes [n]]`` -> ``[n, ...]`` float32 on ``nodes``' device;
@@ -178,10 +184,10 @@ class StoredRows:
         [[3.0, 4.0, 5.0], [9.0, 10.0, 11.0]]
     """
 
-    def __init__(self, array: np.ndarray):
+    def __init__(self, array: np.ndarray, name: str = "stored rows"):
         if array.ndim < 2:
             raise ValueError(f"stored rows need an [N, ...] array, got shape {array.shape}")
-        self.array = array
+        self.array, self.name = array, name
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -195,11 +201,21 @@ class StoredRows:
 
     def __getitem__(self, nodes: torch.Tensor) -> torch.Tensor:
         idx = nodes.detach().cpu().numpy()
-        out = torch.from_numpy(np.asarray(self.array[idx], dtype=np.float32))
-        return out.to(nodes.device)
+        out = self._checked(np.asarray(self.array[idx], dtype=np.float32), idx)
+        return torch.from_numpy(out).to(nodes.device)
 
     def block(self, lo: int, hi: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.array[lo:hi], dtype=np.float32))
+        return torch.from_numpy(self._checked(np.array(self.array[lo:hi], dtype=np.float32),
+                                              np.arange(lo, hi)))
+
+    def _checked(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        if not np.isfinite(rows).all():
+            bad = idx[~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)]
+            raise ValueError(f"{self.name} holds NaN or inf in {bad.size} row(s) (nodes "
+                             f"{', '.join(map(str, bad[:5].tolist()))}"
+                             f"{' ...' if bad.size > 5 else ''}): the file is damaged — "
+                             "delete the band store to recompute it")
+        return rows
 
 
 Table = Union[torch.Tensor, StoredRows]

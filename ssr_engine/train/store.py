@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import zlib
@@ -167,6 +168,8 @@ class BandStore:
             elif len(lam) != self.basis_width:
                 problem = (f"meta.json lists {len(lam)} eigenvalues for a basis of "
                            f"{self.basis_width} vectors")
+            elif not all(math.isfinite(x) for x in lam):
+                problem = "the ID basis' eigenvalues in meta.json are not all finite"
             elif any(b < a for a, b in zip(lam, lam[1:])):
                 problem = "the ID basis' eigenvalues in meta.json are not ascending"
             if problem:
@@ -272,8 +275,10 @@ class BandStore:
         plan = info["plan"]
         lam = torch.tensor(info["id"]["eigenvalues"], dtype=torch.float64)
         return BandSource(self.n_nodes, torch.tensor(plan["edges"], dtype=torch.float64),
-                          {name: StoredRows(arr) for name, arr in self._arrays.items()},
-                          lam, StoredRows(self._basis), bool(info["id"]["partial"]),
+                          {name: StoredRows(arr, str(self.root / f"{name}.npy"))
+                           for name, arr in self._arrays.items()},
+                          lam, StoredRows(self._basis, str(self.root / f"{BASIS}.npy")),
+                          bool(info["id"]["partial"]),
                           report=plan, identity={"store": self.meta["key"],
                                                  "basis_crc32": info["id"].get("crc32")})
 

@@ -139,7 +139,8 @@ def test_basis_and_source(tmp_path):
 
 
 @pytest.mark.parametrize("lam, problem", [((0.0, 0.5), "2 eigenvalues for a basis of 3"),
-                                          ((0.0, 1.5, 0.5), "not ascending")])
+                                          ((0.0, 1.5, 0.5), "not ascending"),
+                                          ((0.0, float("nan"), 1.5), "not all finite")])
 def test_inconsistent_metadata_is_damage(tmp_path, lam, problem):
     _basis_store(tmp_path)
     meta = json.loads((tmp_path / "meta.json").read_text())
@@ -167,3 +168,22 @@ def test_non_finite_rows_are_not_written(tmp_path):
         w.write("text", bad)
     with pytest.raises(ValueError, match="NaN or inf; nothing was written"):
         w.write_basis(torch.full((4, 3), float("inf")))
+
+
+@pytest.mark.parametrize("target", ["text", "basis"])
+def test_store_damaged_after_writing_is_named_when_rows_are_read(tmp_path, target):
+    # before: NaN rows written into a committed store (bit rot, another program) trained
+    # into "loss became nan ... lower the learning rate"
+    _basis_store(tmp_path)
+    arr = np.load(tmp_path / f"{target}.npy", mmap_mode="r+")
+    arr[2] = np.nan
+    arr.flush()
+    del arr
+    src = BandStore.open(tmp_path, KEY).source()
+    table = src.content["text"] if target == "text" else src.basis
+    assert torch.isfinite(table[torch.tensor([0, 1, 3])]).all()        # other rows are fine
+    with pytest.raises(ValueError, match=f"{target}.npy holds NaN or inf in 1 row.*nodes 2.*"
+                                         "delete the band store"):
+        table[torch.tensor([1, 2])]
+    with pytest.raises(ValueError, match="NaN or inf"):
+        table.block(0, 4)
