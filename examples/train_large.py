@@ -70,8 +70,9 @@ def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
         except ValueError:
             what = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        if x != x or abs(x) == float("inf") or (lo is not None and (x <= lo if lo_open else x < lo)) or \
-                (hi is not None and (x >= hi if hi_open else x > hi)):
+        below = lo is not None and (x <= lo if lo_open else x < lo)
+        above = hi is not None and (x >= hi if hi_open else x > hi)
+        if x != x or abs(x) == float("inf") or below or above:
             rng = ("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", " + \
                   ("inf" if hi is None else f"{hi:g}") + (")" if hi_open or hi is None else "]")
             raise argparse.ArgumentTypeError(f"must be in {rng}, got {text}")
@@ -111,7 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--fresh", action="store_true",
                      help="start over; <out>/checkpoint.pt is replaced when the new run writes "
                           "its first checkpoint")
-    p.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="log lines instead of progress bars: one per phase and per evaluated "
+                        "epoch, then the final metrics")
     p.add_argument("--report", type=Path, default=None,
                    help="write the band explanation report (PNGs + HTML) here (SSR in memory)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -243,15 +246,20 @@ def run_in_memory(args, ds, t0: float) -> dict:
         widths = sum(min(int(f.shape[1]), args.d0) for f in ds.features.values())
         check_feasible(args.approx, ds.n_users, ds.n_items, n_train, widths, args.n_bands,
                        args.order, id_k=args.id_basis)
+    print(f"[data] {ds}", flush=True)
     seed_everything(args.seed)
+    t1 = time.perf_counter()
+    print(f"[model] {args.model} ...", flush=True)
     model = build_model(args, ds).to(args.device)
+    print(f"[model] built in {time.perf_counter() - t1:.1f} s", flush=True)
     setup = time.perf_counter() - t0
     batch = (default_batch_size(int((ds.split == 0).sum())) if args.batch_size is None
              else args.batch_size)
     cfg = TrainConfig(epochs=default_epochs(args), batch_size=batch, lr=args.lr,
                       n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
                       eval_users=args.eval_users or None, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every, quiet=args.quiet)
+                      checkpoint_every=args.checkpoint_every, quiet=args.quiet,
+                      log=args.quiet)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "checkpoint.pt"
     if ckpt.exists() and not (args.resume or args.fresh):
@@ -260,7 +268,13 @@ def run_in_memory(args, ds, t0: float) -> dict:
     if args.resume and not ckpt.exists():
         raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
     remove_leftovers(ckpt, args.out / "metrics.json")
-    res = Trainer(model, ds, cfg, checkpoint=ckpt, fresh=args.fresh).fit()
+    trainer = Trainer(model, ds, cfg, checkpoint=ckpt, fresh=args.fresh)
+    if trainer.epoch or trainer.step:
+        print(f"[train] resuming after epoch {trainer.epoch}, step {trainer.step}", flush=True)
+    n_eval = "all" if trainer.eval_users is None else str(trainer.eval_users.size)
+    print(f"[train] {trainer.steps_per_epoch} steps of {cfg.batch_size} per epoch; evaluating "
+          f"{n_eval} users", flush=True)
+    res = trainer.fit()
     out = {"dataset": ds.name, "model": args.model, "pipeline": "memory", "seed": args.seed,
            "config": model.config(), "bands": getattr(model, "band_report", None),
            "train": cfg.identity(), "best_epoch": res.best_epoch,
@@ -278,9 +292,8 @@ def run_in_memory(args, ds, t0: float) -> dict:
         f = args.data / "items.tsv" if args.data is not None else None
         names = read_item_names(f, ds.n_items) if f is not None and f.is_file() else None
         write_report(model, ds, args.report, k=10, item_names=names)
-    if not args.quiet:
-        print(json.dumps({k: out[k] for k in ("best_epoch", "valid", "test", "test_cold",
-                                               "wall_seconds")}, indent=1))
+    print(json.dumps({k: out[k] for k in ("best_epoch", "valid", "test", "test_cold",
+                                           "wall_seconds")}, indent=1), flush=True)
     return out
 
 

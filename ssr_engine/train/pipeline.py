@@ -143,10 +143,10 @@ class LargeRun:
 
 
 class _Log:
-    """Phase lines on process 0 (``[phase] ... done in X s``), silent with ``quiet``."""
+    """Phase lines on process 0 (``[phase] ... done in X s``)."""
 
-    def __init__(self, quiet: bool, rank: int):
-        self.on = not quiet and rank == 0
+    def __init__(self, rank: int):
+        self.on = rank == 0
 
     def __call__(self, msg: str) -> None:
         if self.on:
@@ -238,7 +238,7 @@ def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
 def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     rank = dist.get_rank() if opts.distributed else 0
     world = dist.get_world_size() if opts.distributed else 1
-    log = _Log(opts.quiet, rank)
+    log = _Log(rank)
     log(f"[setup] {torch.get_num_threads()} torch threads (load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores), device {opts.device}"
         + (f", {world} processes" if world > 1 else ""))
@@ -319,14 +319,16 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     cfg = TrainConfig(epochs=opts.epochs, batch_size=batch, lr=opts.lr,
                       n_neg=opts.n_neg, patience=opts.patience, eval_every=opts.eval_every,
                       eval_users=opts.eval_users, seed=opts.seed,
-                      checkpoint_every=opts.checkpoint_every, quiet=opts.quiet)
+                      checkpoint_every=opts.checkpoint_every, quiet=opts.quiet,
+                      log=opts.quiet)
     trainer = Trainer(model, ds, cfg, checkpoint=ckpt, distributed=opts.distributed,
                       fresh=opts.fresh)
     if trainer.epoch or trainer.step:
         log(f"[train] resuming after epoch {trainer.epoch}, step {trainer.step}")
     log(f"[train] {trainer.steps_per_epoch} steps of {cfg.batch_size} per epoch"
         + (f" over {world} processes" if world > 1 else "")
-        + f"; evaluating {'all' if cfg.eval_users is None else cfg.eval_users} users")
+        + "; evaluating " + ("all" if trainer.eval_users is None
+                             else str(trainer.eval_users.size)) + " users")
     res = trainer.fit()
     report = {
         "dataset": ds.name, "pipeline": "stored", "n_users": ds.n_users, "n_items": ds.n_items,

@@ -109,6 +109,8 @@ class TrainConfig:
             separately, before building it, with :func:`seed_everything`).
         checkpoint_every: also checkpoint every this many steps (0: epoch ends only).
         quiet: no progress bars.
+        log: print one line per evaluated epoch (epoch, loss, validation metric, best so
+            far, seconds), flushed — what a log file of a ``quiet`` run needs.
     """
 
     epochs: int = 1000
@@ -125,12 +127,13 @@ class TrainConfig:
     seed: int = 999
     checkpoint_every: int = 0
     quiet: bool = False
+    log: bool = False
 
     def identity(self) -> Dict:
         """The settings that define the run (a checkpoint must match them to resume): all but
-        ``epochs``, ``patience``, ``quiet`` and ``checkpoint_every``."""
+        ``epochs``, ``patience``, ``quiet``, ``log`` and ``checkpoint_every``."""
         d = asdict(self)
-        for k in ("epochs", "patience", "quiet", "checkpoint_every"):
+        for k in ("epochs", "patience", "quiet", "log", "checkpoint_every"):
             d.pop(k)
         d["ks"] = list(d["ks"])
         return d
@@ -415,6 +418,10 @@ class Trainer:
             self.bad_evals += 1
         bar.set_postfix(loss=f"{loss:.4f}", valid=f"{score:.4f}",
                         best=f"{self.best['metric']:.4f}@{self.best['epoch']}")
+        if cfg.log and self.rank == 0:
+            print(f"[epoch {self.epoch}] loss {loss:.4f}, valid {cfg.valid_metric} "
+                  f"{score:.4f} (best {self.best['metric']:.4f} at epoch "
+                  f"{self.best['epoch']}), evaluated in {seconds:.1f} s", flush=True)
         return seconds
 
     def _load_best(self) -> None:
