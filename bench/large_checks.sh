@@ -26,7 +26,7 @@ for kind in killed termed; do
     sleep 8                                    # into the second epoch
     if [ $kind = killed ]; then kill -KILL $pid; else kill -TERM $pid; fi
     wait $pid; echo "$kind: exit status $?"
-    $PY -c "import torch; s = torch.load('$kind/checkpoint.pt', weights_only=False); \
+    $PY -c "import torch; s = torch.load('$kind/checkpoint.pt', weights_only=True); \
 print('$kind: checkpoint after epoch', s['epoch'], 'step', s['step'])"
     $RUN --out $kind --resume > $kind.resume.log 2>&1; echo "$kind: resumed, exit status $?"
     $PY $R/bench/compare_runs.py straight $kind | grep -v "^bands"

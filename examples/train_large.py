@@ -86,6 +86,43 @@ POS_FLOAT, NONNEG_FLOAT = _number(float, 0, lo_open=True), _number(float, 0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    p = _parser()
+    args = p.parse_args(argv)
+    # the flags given on the command line (not defaults), for refuse_unused
+    for a in p._actions:
+        a.default = argparse.SUPPRESS
+    args.given = set(vars(p.parse_args(argv)))
+    return args
+
+
+#: flags that only some runs use: dest -> (what uses it, predicate on (args, stored)).
+_ONLY = {
+    **{d: ("SSR", lambda a, st: a.model == "ssr") for d in (
+        "modalities", "approx", "n_bands", "rank", "order", "id_basis", "id_prior", "d0",
+        "fusion", "no_mask", "mask_p", "lambda_mask", "consistency", "no_align", "lambda_cl",
+        "tau")},
+    **{d: ("the stored pipeline", lambda a, st: st) for d in (
+        "reduce", "store_dtype", "store_dir", "distributed", "timeout")},
+    "k": ("the stored pipeline with --approx eigen or lobpcg",
+          lambda a, st: st and a.approx in ("eigen", "lobpcg")),
+    "band_edges": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
+    "report": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
+    "layers": ("LightGCN", lambda a, st: a.model == "lightgcn"),
+}
+
+
+def refuse_unused(args, stored: bool) -> None:
+    """Refuse a flag the chosen run would ignore, naming what uses it (a silently ignored
+    flag makes a user believe a setting was applied)."""
+    run = "the stored pipeline" if stored else f"{args.model} in memory"
+    for dest in sorted(getattr(args, "given", ())):
+        if dest in _ONLY and not _ONLY[dest][1](args, stored):
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(f"{flag} is used by {_ONLY[dest][0]} only and this run trains "
+                             f"{run}; remove it (or choose --pipeline / --model to match)")
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
@@ -173,7 +210,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds a collective waits for a peer before failing")
     g = p.add_argument_group("baselines")
     g.add_argument("--layers", type=NONNEG_INT, default=3, help="LightGCN layers")
-    return p.parse_args(argv)
+    return p
 
 
 def load_data(args):
@@ -201,9 +238,6 @@ def use_stored(args, n_nodes: int) -> bool:
 
 
 def stored_options(args) -> LargeRun:
-    if args.report is not None:
-        raise ValueError("--report explains an in-memory SSR model; the stored pipeline has "
-                         "no report yet (use --pipeline memory on a graph that fits)")
     return LargeRun(
         out=args.out, data=args.data, synthetic=args.synthetic or DEFAULT_SYNTHETIC,
         modalities=args.modalities, approx=args.approx, resume=args.resume, fresh=args.fresh,
@@ -303,6 +337,7 @@ def main(argv=None) -> dict:
     try:
         if args.data is None:                  # synthetic: sizes known before generating
             u, i, e = args.synthetic or DEFAULT_SYNTHETIC
+            refuse_unused(args, use_stored(args, u + i))
             if use_stored(args, u + i):
                 return run_large(stored_options(args))
             if args.model == "ssr":
@@ -311,7 +346,10 @@ def main(argv=None) -> dict:
                 check_feasible(args.approx, u, i, int(0.8 * e), widths, args.n_bands,
                                args.order, id_k=args.id_basis)
             return run_in_memory(args, load_data(args), t0)
+        if not args.data.is_dir():
+            raise ValueError(f"--data {args.data}: no such folder")
         ds = load_data(args)
+        refuse_unused(args, use_stored(args, ds.n_users + ds.n_items))
         if use_stored(args, ds.n_users + ds.n_items):
             return run_large(stored_options(args), dataset=ds)
         return run_in_memory(args, ds, t0)

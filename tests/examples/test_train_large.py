@@ -131,3 +131,36 @@ def test_disk_full_during_the_checkpoint_write_exits_1_and_keeps_it(script, tmp_
     assert "no space left on the device; the previous checkpoint is kept" in \
         capsys.readouterr().err
     assert (tmp_path / "checkpoint.pt").read_bytes() == old
+
+
+@pytest.mark.parametrize("extra,flag", [
+    (["--model", "mf", "--k", "8"], "--k"),
+    (["--model", "mf", "--d0", "8"], "--d0"),
+    (["--model", "lightgcn", "--reduce", "random"], "--reduce"),
+    (["--model", "ssr", "--pipeline", "memory", "--store-dtype", "float16"], "--store-dtype"),
+    (["--model", "ssr", "--approx", "chebyshev", "--band-edges", "uniform"], "--band-edges"),
+    (["--model", "ssr", "--approx", "chebyshev", "--layers", "2"], "--layers"),
+    (["--model", "ssr", "--approx", "chebyshev", "--k", "8"], "--k"),
+    (["--model", "mf", "--n-bands", "2"], "--n-bands"),
+])
+def test_a_flag_the_run_does_not_use_is_refused(script, extra, flag):
+    # before: ignored silently
+    args = script["parse_args"](["--synthetic", "400,200,6000", *extra])
+    stored = script["use_stored"](args, 600)
+    with pytest.raises(ValueError, match=f"{flag} is used by .* only and this run trains"):
+        script["refuse_unused"](args, stored)
+
+
+def test_flags_the_run_uses_pass(script):
+    for argv in (["--model", "lightgcn", "--layers", "2", "--eval-users", "10"],
+                 ["--approx", "chebyshev", "--d0", "8", "--id-basis", "4", "--reduce", "random"],
+                 ["--pipeline", "stored", "--approx", "eigen", "--k", "8"],
+                 ["--pipeline", "memory", "--band-edges", "uniform", "--id-prior", "lightgcn"]):
+        args = script["parse_args"](argv)
+        script["refuse_unused"](args, script["use_stored"](args, 600))
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    r = _run("--data", str(tmp_path / "nope"), "--quiet", out=tmp_path / "o")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
+        f"error: --data {tmp_path / 'nope'}: no such folder"
