@@ -11,6 +11,8 @@ Users are nodes ``0..n_users-1``, items follow (node ``n_users + i``). With ``R`
 """
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -41,11 +43,19 @@ def _as_index_array(x, name: str) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):       # not POSIX: no limit checked
+        return 1 << 62
+
+
 class InteractionGraph:
     """A user–item bipartite graph built from training interactions.
 
-    Duplicate (user, item) pairs are merged: their weights are summed (each counts 1 when
-    ``weights`` is None, so an unweighted graph stays binary). Users or items without
+    Duplicate (user, item) pairs are merged: without ``weights`` the graph is binary (a pair
+    given twice is one interaction of weight 1; :attr:`duplicates_merged` counts them and a
+    warning says so); with ``weights`` their weights are summed. Users or items without
     interactions are isolated nodes; their rows in every operator are zero.
 
     Args:
@@ -57,7 +67,8 @@ class InteractionGraph:
 
     Raises:
         ValueError: on negative or out-of-range ids, mismatched lengths, non-integer ids,
-            bad weights or an empty graph.
+            bad weights, an empty graph, or sizes whose index arrays alone would not fit in
+            this machine's memory (ids must be dense, ``0 … n − 1``).
 
     Example:
         >>> import torch, ssr_engine
@@ -95,10 +106,24 @@ class InteractionGraph:
                 raise ValueError(f"weights has length {w.size}, expected {u.size}")
             if not np.all(np.isfinite(w)) or np.any(w <= 0):
                 raise ValueError("weights must be finite and positive")
+        need = 16 * (n_u + n_i + 2)            # the row pointers of R and Rᵀ (int64)
+        if need > _physical_memory():
+            raise ValueError(
+                f"a graph of {n_u} users x {n_i} items needs {need / 1e9:.3g} GB for its "
+                f"index arrays alone, more than this machine's "
+                f"{_physical_memory() / 1e9:.3g} GB; ids must be dense (0 … n − 1): remap "
+                "them, e.g. with numpy.unique(ids, return_inverse=True)")
         self.n_users, self.n_items = n_u, n_i
         r = sp.csr_matrix((w, (u, i)), shape=(n_u, n_i))
         r.sum_duplicates()
         r.sort_indices()
+        #: interactions that repeated an earlier (user, item) pair and were merged into it.
+        self.duplicates_merged = int(u.size - r.nnz)
+        if weights is None and self.duplicates_merged:
+            r.data[:] = 1.0
+            warnings.warn(f"{self.duplicates_merged} duplicate (user, item) interactions were "
+                          "merged (the graph is binary; pass weights to count repeats)",
+                          stacklevel=2)
         self._R = r
         self._cache: Dict[Tuple, object] = {}
 

@@ -55,7 +55,7 @@ class MFBPR(Recommender):
     def node_embeddings(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, self.item_emb
 
-    def batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
+    def _batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
         u, p, n = self.user_emb[users], self.item_emb[pos], self.item_emb[neg]
         rec = ranking_loss((u * p).sum(-1), (u.unsqueeze(1) * n).sum(-1), self.loss_kind)
         reg = self.reg * _ego_reg(u, p, n)
@@ -113,7 +113,7 @@ class LightGCN(Recommender):
         e = self.propagate()
         return e[:self.n_users], e[self.n_users:]
 
-    def batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
+    def _batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
         e = self.propagate()
         off = self.n_users
         u, p, n = e[users], e[off + pos], e[off + neg]

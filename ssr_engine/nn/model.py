@@ -55,6 +55,9 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 def _check_features(graph: InteractionGraph, features: Optional[Mapping[str, ArrayLike]]
                     ) -> Dict[str, torch.Tensor]:
     out = {}
+    if features is not None and not isinstance(features, Mapping):
+        raise TypeError(f"features must be a mapping {{modality name: [n_items, d] array}}, "
+                        f"got {type(features).__name__}; e.g. {{'text': X}}")
     for name, f in (features or {}).items():
         if not isinstance(name, str) or not name or name == "id":
             raise ValueError(f"modality names must be non-empty strings other than 'id', "
@@ -246,7 +249,7 @@ class SSRModel(Recommender):
             chunk: nodes per block.
             progress: optional tqdm bar, advanced by the nodes done.
         """
-        nodes = torch.as_tensor(nodes, dtype=torch.int64).to(self.device)
+        nodes = self._check_ids(nodes, self.n_users + self.n_items, "node")
         alpha = self.reliability.alpha
         out = []
         for lo in range(0, nodes.numel(), chunk):
@@ -300,7 +303,7 @@ class SSRModel(Recommender):
         return (torch.stack([self.fuse(raw, s) for s in scales]),
                 raw.pow(2).sum(dim=(1, 2, 3)))
 
-    def batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
+    def _batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
         """``L = L_rec + λ_mask L_mask + λ_cl L_cl + L_reg`` of a batch of ``B`` triplets."""
         B, n_neg = neg.shape
         uniq, inv = self._batch_nodes(users, pos, neg)

@@ -69,9 +69,10 @@ class Recommender(nn.Module):
         """Inference vectors ``(users [n_users, d], items [n_items, d])``."""
         raise NotImplementedError
 
-    def batch_loss(self, users: torch.Tensor, pos: torch.Tensor,
-                   neg: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Losses of one batch; ``"loss"`` is the total to minimise."""
+    def _batch_loss(self, users: torch.Tensor, pos: torch.Tensor,
+                    neg: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Losses of one batch of validated ids (:meth:`loss` is the public entry point);
+        ``"loss"`` is the total to minimise."""
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------
@@ -101,7 +102,7 @@ class Recommender(nn.Module):
             chunk: nodes per block (where the model works in blocks).
             progress: optional tqdm bar, advanced by the nodes done.
         """
-        nodes = torch.as_tensor(nodes, dtype=torch.int64)
+        nodes = self._check_ids(nodes, self.n_users + self.n_items, "node")
         u, i = self.node_embeddings()
         out = torch.cat([u, i])[nodes.to(u.device)]
         if progress is not None:
@@ -141,7 +142,7 @@ class Recommender(nn.Module):
         if not (users.shape[0] == pos.shape[0] == neg.shape[0]):
             raise ValueError(f"users, pos and neg differ in batch size: {users.shape[0]}, "
                              f"{pos.shape[0]}, {neg.shape[0]}")
-        return self.batch_loss(users, pos, neg)
+        return self._batch_loss(users, pos, neg)
 
     @torch.no_grad()
     def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]:

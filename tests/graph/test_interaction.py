@@ -9,15 +9,27 @@ from tolerances import tol
 
 def small_graph():
     # 3 users, 4 items; item 3 isolated; user 0 has a duplicate interaction.
-    return InteractionGraph([0, 0, 1, 2, 2, 0], [0, 1, 1, 2, 0, 0], n_users=3, n_items=4)
+    with pytest.warns(UserWarning, match="1 duplicate .* merged"):
+        return InteractionGraph([0, 0, 1, 2, 2, 0], [0, 1, 1, 2, 0, 0], n_users=3, n_items=4)
 
 
 def test_sizes_and_duplicates_merged():
+    # before: the duplicate (0, 0) summed to weight 2 and an unweighted graph was not binary
     g = small_graph()
     assert (g.n_users, g.n_items, g.n_nodes, g.n_edges) == (3, 4, 7, 5)
-    assert g.binary is False  # the duplicate (0, 0) sums to weight 2
-    np.testing.assert_array_equal(g.user_degrees, [3, 1, 2])
-    np.testing.assert_array_equal(g.item_degrees, [3, 2, 1, 0])
+    assert g.binary is True and g.duplicates_merged == 1
+    np.testing.assert_array_equal(g.user_degrees, [2, 1, 2])
+    np.testing.assert_array_equal(g.item_degrees, [2, 2, 1, 0])
+    with pytest.warns(UserWarning):
+        assert InteractionGraph([0, 0], [0, 0]).binary
+    w = InteractionGraph([0, 0, 1], [0, 0, 1], weights=[1.0, 2.0, 1.0])   # weights still sum
+    assert w.duplicates_merged == 1 and w.interaction_matrix()[0, 0] == 3.0
+
+
+def test_ids_too_large_for_memory_are_refused_before_allocating():
+    # before: an id of 10**12 asked scipy for terabytes
+    with pytest.raises(ValueError, match="needs .* GB for its index arrays alone.*dense"):
+        InteractionGraph([0, 10**12], [0, 1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -70,8 +82,8 @@ def test_user_mean_and_node_signal():
     g = small_graph()
     f = torch.arange(8, dtype=torch.float64).reshape(4, 2)
     um = g.user_mean(f)
-    # user 0: items {0 (weight 2), 1}: weighted mean
-    np.testing.assert_allclose(um[0].numpy(), (2 * f[0] + f[1]).numpy() / 3)
+    # user 0: items {0 (given twice, merged), 1}
+    np.testing.assert_allclose(um[0].numpy(), (f[0] + f[1]).numpy() / 2)
     np.testing.assert_allclose(um[1].numpy(), f[1].numpy())
     sig = g.node_signal(f)
     assert sig.shape == (7, 2) and torch.equal(sig[3:], f)

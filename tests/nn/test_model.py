@@ -124,6 +124,19 @@ def test_bad_inputs(ds):
         m.loss(torch.tensor([0]), torch.tensor([ds.n_items]), torch.tensor([0]))
     with pytest.raises(ValueError, match="user ids must lie in"):
         m.recommend(torch.tensor([ds.n_users]), k=3)
+    # before: the public batch_loss trained node -1 (the last one) and embed(N) gave a bare
+    # IndexError; the unchecked hook is now private and every public entry checks ids
+    assert not hasattr(m, "batch_loss")
+    with pytest.raises(ValueError, match=r"user ids must lie in \[0, .*got -1"):
+        m.loss(torch.tensor([-1]), torch.tensor([0]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="node ids must lie in"):
+        m.embed(torch.tensor([0, ds.n_users + ds.n_items]))
+    with pytest.raises(ValueError, match="node ids must lie in"):
+        ssr_engine.MFBPR(g, dim=4).embed([-1])
+    with pytest.raises(TypeError, match="integer tensor"):
+        m.embed(torch.tensor([0.5]))
+    with pytest.raises(TypeError, match="features must be a mapping"):
+        ssr_engine.SSRModel(g, [ds.features["text"]])
 
 
 # -- band sources -------------------------------------------------------------------------------
