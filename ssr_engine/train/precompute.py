@@ -41,17 +41,15 @@ from ..distributed import collective
 from ..graph import InteractionGraph
 from ..graph.partition import PartitionedOperator
 from ..nn.sources import PROBE_COLS, id_basis, id_basis_k, reduce_features, white_probe
-from ..spectral import SpectralBands, band_coefficients, band_edges, band_energies, kpm_atoms
-from ..spectral.bands import AUTO_EXACT_ENTRIES, AUTO_ORDERS, exact_memory_estimate
-from ..spectral.kpm import ATOM_MIN_MOMENTS
+from ..spectral import SpectralBands
+from ..spectral.bands import (AUTO_EXACT_ENTRIES, auto_orders, chebyshev_plan,
+                              exact_memory_estimate)
 from .store import BandStore, BandWriter, key_diff, store_nbytes
 
 __all__ = ["APPROX", "BandPlan", "Estimate", "check_feasible", "estimate_cost",
            "precompute_bands", "resolve_approx"]
 
 APPROX = ("auto", "exact", "eigen", "lobpcg", "chebyshev")
-#: the automatic Chebyshev order tries AUTO_ORDERS up to this.
-MAX_AUTO_ORDER = 64
 #: the largest smaller side for which "auto" picks "exact" (SpectralBands' dense-SVD route).
 EXACT_MAX = 8000
 # Rough machine rates for the estimates (a 2-core CPU; a GPU is far faster).
@@ -167,7 +165,7 @@ def _content_cost(approx: str, n_users: int, n_items: int, n_edges: int, widths:
         secs = 200 * k * nnz / _SPMM_NNZ_COLS_PER_S
         return Estimate(approx, mem, secs, store,
                         f"{2 * k} eigenvectors of L by Lanczos on the smaller side")
-    K = order or MAX_AUTO_ORDER
+    K = order or max(auto_orders(nnz, widths + PROBE_COLS))
     chunk = 32
     mem = 12.0 * nnz + 4.0 * N * chunk * (3 + n_bands) + 4.0 * N * widths
     secs = K * nnz * (widths + PROBE_COLS) / _SPMM_NNZ_COLS_PER_S
@@ -295,34 +293,16 @@ class BandPlan:
         return asdict(self)
 
 
-def chebyshev_plan(moments: np.ndarray, n_bands: int, orders, delta: float) -> BandPlan:
-    """Edges and damped coefficients from KPM moments, as ``SpectralBands(method="chebyshev")``.
-
-    For each order ``K`` in ``orders`` (ascending; the moments must hold at least
-    ``2 max(orders)`` values, and the first ``2K`` of them are the moments at order ``K``)
-    the edges balance the energy of the damped filters; the first order at which every band
-    holds at least ``1/(2M)`` of the energy is kept (else the most balanced one).
-    """
-    best = None
-    M = int(n_bands)
-    for K in orders:
-        mom = moments[:2 * K]
-        t_edges = band_edges(mom, M, order=K)
-        coeffs = band_coefficients(t_edges, K)
-        E = np.asarray(band_energies(mom, coeffs), dtype=np.float64)
-        shares = E / E.sum()
-        if best is None or shares.min() > best[3].min():
-            best = (K, t_edges, coeffs, shares, mom)
-        if shares.min() >= 0.5 / M:
-            break
-    K, t_edges, coeffs, shares, mom = best
+def band_plan(moments: np.ndarray, n_bands: int, orders, delta: float) -> BandPlan:
+    """The stored :class:`BandPlan` of :func:`~ssr_engine.spectral.bands.chebyshev_plan`
+    (the order rule of ``SpectralBands(method="chebyshev")``), with edges in ``λ``."""
+    plan = chebyshev_plan(moments, n_bands, orders)
     lam = lambda t: min(2.0, max(0.0, 1.0 + (1.0 + delta) * float(t)))
-    edges = [lam(t) for t in t_edges]
+    edges = [lam(t) for t in plan.t_edges]
     edges[0], edges[-1] = 0.0, 2.0
-    atoms = kpm_atoms(mom) if mom.size >= ATOM_MIN_MOMENTS else []
-    return BandPlan("chebyshev", M, edges, K, np.asarray(coeffs).tolist(),
-                    [float(s) for s in shares], [(lam(a.t), float(a.fraction)) for a in atoms],
-                    delta)
+    return BandPlan("chebyshev", int(n_bands), edges, plan.order,
+                    np.asarray(plan.coeffs).tolist(), [float(s) for s in plan.shares],
+                    [(lam(a.t), float(a.fraction)) for a in plan.atoms], delta)
 
 
 def _moments(op, x: torch.Tensor, K: int, rows: _Rows, tick: Callable[[], None]) -> np.ndarray:
@@ -389,7 +369,9 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         approx: ``"auto"``, ``"exact"``, ``"eigen"`` (partial basis by Lanczos), ``"lobpcg"``
             (the same by LOBPCG) or ``"chebyshev"``.
         n_bands: ``M``.
-        order: Chebyshev order ``K`` (default: automatic up to ``MAX_AUTO_ORDER``).
+        order: Chebyshev order ``K`` (default: the rule of
+            :func:`~ssr_engine.spectral.bands.chebyshev_plan` over
+            :func:`~ssr_engine.spectral.bands.auto_orders`).
         k: eigenpairs per end for ``"eigen"``.
         d0: width of the reduced content features.
         reduce: ``"pca"`` or ``"random"`` feature reduction.
@@ -475,13 +457,13 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
     # 1. the band plan.
     if approx == "chebyshev":
         L = op if distributed else graph.scaled_laplacian(delta, dtype=compute_dtype)
-        orders = (order,) if order is not None else tuple(o for o in AUTO_ORDERS
-                                                          if o <= MAX_AUTO_ORDER)
+        orders = (order,) if order is not None else \
+            auto_orders(2 * graph.n_edges, sum(dims.values()) + PROBE_COLS)
         probe = _probe(graph, reduced, rows, signal, seed, compute_dtype)
         with tqdm(total=max(orders), desc="KPM moments", unit="product", disable=not show,
                   dynamic_ncols=True) as bar:
             mom = _moments(L, probe, max(orders), rows, lambda: bar.update(1))
-        plan = chebyshev_plan(mom, n_bands, orders, delta)
+        plan = band_plan(mom, n_bands, orders, delta)
         sb = None
     else:
         method, solver = ("eigen", "lobpcg") if approx == "lobpcg" else (approx, "auto")

@@ -293,3 +293,28 @@ def test_cuda_matches_cpu(ml, method):
     assert _unity_error(gpu, X.cuda()) <= tol(torch.float64, "unity")
     gf = SpectralBands(ml.graph, 4, method=method, order=48, device="cuda").fit(X.cuda())
     assert _unity_error(gf, X.float().cuda()) <= tol(torch.float32, "unity")
+
+
+def test_auto_order_resolves_the_atom_on_movielens(ml, exact_ml):
+    # The old rule stopped at K = 32 once every band held 1/(2M): the λ = 1 atom (35% of the
+    # text energy) then dragged a slice of its neighbours into its band (55%), and SSR on
+    # these bands lost 8% test Recall@20 against exact bands. The order is now the lowest
+    # whose shares are within ORDER_SHARE_TOL / M of those at the highest order tried.
+    from ssr_engine.spectral.bands import AUTO_ORDERS, ORDER_SHARE_TOL, chebyshev_plan
+    X = ml.signals["text"]
+    sb = SpectralBands(ml.graph, 4, method="chebyshev", dtype=torch.float64).fit(X)
+    assert sb.order_ > 32
+    finest = SpectralBands(ml.graph, 4, method="chebyshev", order=AUTO_ORDERS[-1],
+                           dtype=torch.float64).fit(X)
+    assert np.abs(sb.shares_.numpy() - finest.shares_.numpy()).max() <= ORDER_SHARE_TOL / 4
+    # and no lower order would have done: the rule keeps the lowest converged one
+    lower = [K for K in AUTO_ORDERS if K < sb.order_]
+    mom = sb.moments_.numpy()
+    for K in lower:
+        p = chebyshev_plan(finest.moments_.numpy(), 4, (K,))
+        assert np.abs(p.shares - finest.shares_.numpy()).max() > ORDER_SHARE_TOL / 4
+    # the band holding λ = 1 is close to the exact method's atom band, not twice its share
+    ex = exact_ml(torch.float64).fit(X)
+    atom_band = lambda b: int(np.searchsorted(b.edges.numpy()[1:-1], 1.0, side="right"))
+    assert abs(float(sb.shares_[atom_band(sb)]) - float(ex.shares_[atom_band(ex)])) < 0.1
+    assert mom.size == 2 * sb.order_

@@ -14,7 +14,7 @@ from ssr_engine.distributed import run_local
 from ssr_engine.train import precompute as pre
 from ssr_engine.nn import reduce_features
 from ssr_engine.nn.sources import PROBE_BLOCK, white_probe
-from ssr_engine.train.precompute import check_feasible, chebyshev_plan, precompute_bands
+from ssr_engine.train.precompute import band_plan, check_feasible, precompute_bands
 
 JOIN_S = 90.0
 
@@ -80,7 +80,7 @@ def test_plan_equals_spectral_bands(ds):
     sb = ssr_engine.SpectralBands(g, n_bands=M, method="chebyshev", order=K,
                                   dtype=torch.float64).fit(x)
     mom = ssr_engine.kpm_moments(g.scaled_laplacian(0.01, dtype=torch.float64), xc, K).numpy()
-    plan = chebyshev_plan(mom, M, (K,), 0.01)
+    plan = band_plan(mom, M, (K,), 0.01)
     np.testing.assert_allclose(plan.edges, sb.edges.numpy(), atol=1e-12)
     np.testing.assert_allclose(np.array(plan.coeffs), sb.coeffs_.numpy(), atol=1e-12)
     np.testing.assert_allclose(plan.shares, sb.shares_.numpy(), atol=1e-10)
