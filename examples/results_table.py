@@ -28,7 +28,17 @@ def _fmt(values) -> str:
 def table(folder: Path) -> str:
     runs = {}
     for f in sorted(folder.glob("*-s*/metrics.json")):
-        runs.setdefault(f.parent.name.rsplit("-s", 1)[0], []).append(json.loads(f.read_text()))
+        try:
+            m = json.loads(f.read_text())
+            m["valid"]["recall@20"], m["test"]["recall@20"], m["test_cold"]["n_users"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: {f} is not a metrics.json of train_large.py "
+                             f"({type(e).__name__}: {e})")
+        runs.setdefault(f.parent.name.rsplit("-s", 1)[0], []).append(m)
+    if not runs:
+        raise SystemExit(f"error: {folder} holds no runs: expected "
+                         f"{folder}/<name>-s<seed>/metrics.json (the layout of "
+                         f"examples/results.sh), e.g. {folder}/ssr-s1/metrics.json")
     head = (["run", "seeds", "valid R@20"] + [f"test {k}" for k in KEYS]
             + [f"cold {k}" for k in KEYS] + ["best epochs", "s/epoch"])
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -44,9 +54,18 @@ def table(folder: Path) -> str:
     return "\n".join(rows) + f"\n\ncold-start test users: {sorted(n_cold)}"
 
 
-def main() -> None:
-    root = Path(sys.argv[1])
-    names = sys.argv[2:] or sorted(p.name for p in root.iterdir() if p.is_dir())
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit(__doc__.strip().splitlines()[-1])
+    root = Path(argv[0])
+    if not root.is_dir():
+        raise SystemExit(f"error: {root}: no such folder")
+    names = argv[1:] or sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not names:
+        raise SystemExit(f"error: {root} holds no dataset folders: expected "
+                         f"{root}/<dataset>/<name>-s<seed>/metrics.json (the layout of "
+                         "examples/results.sh)")
     for name in names:
         print(f"## {name}\n\n{table(root / name)}\n")
 

@@ -43,7 +43,7 @@ import ssr_engine
 from ssr_engine.data import load_mmrec, synthetic_dataset
 from ssr_engine.distributed import RankFailure
 from ssr_engine.train import (Interrupted, TrainConfig, Trainer, default_batch_size,
-                              seed_everything)
+                              result_notes, seed_everything)
 from ssr_engine.train.checkpoint import atomic_write, remove_leftovers
 from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
@@ -313,7 +313,8 @@ def run_in_memory(args, ds, t0: float) -> dict:
            "config": model.config(), "bands": getattr(model, "band_report", None),
            "train": cfg.identity(), "best_epoch": res.best_epoch,
            "epochs_run": res.epochs_run, "valid": res.valid, "test": res.test,
-           "test_cold": res.test_cold, "setup_seconds": setup,
+           "test_cold": res.test_cold, "test_groups": res.test_groups,
+           "notes": result_notes(res, cfg), "setup_seconds": setup,
            "train_seconds": res.train_seconds, "eval_seconds": res.eval_seconds,
            "seconds_per_epoch": res.train_seconds / max(1, res.epochs_this_call),
            "wall_seconds": time.perf_counter() - t0, "history": res.history,
@@ -328,6 +329,8 @@ def run_in_memory(args, ds, t0: float) -> dict:
         write_report(model, ds, args.report, k=10, item_names=names)
     print(json.dumps({k: out[k] for k in ("best_epoch", "valid", "test", "test_cold",
                                            "wall_seconds")}, indent=1), flush=True)
+    for note in out["notes"]:
+        print(f"[note] {note}", flush=True)
     return out
 
 
@@ -359,6 +362,9 @@ def main(argv=None) -> dict:
     except RankFailure as e:
         print(f"\nerror: {e}", file=sys.stderr)
         sys.exit(1)
+    except FileNotFoundError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        sys.exit(2)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             print(f"\nerror: {e}", file=sys.stderr)

@@ -27,9 +27,32 @@ def _find_inter(folder: Path, name: Optional[str]) -> Path:
         return p
     found = sorted(folder.glob("*.inter"))
     if len(found) != 1:
+        what = "none" if not found else ", ".join(p.name for p in found)
         raise FileNotFoundError(f"expected exactly one *.inter file in {folder}, found "
-                                f"{[p.name for p in found]}; pass name=...")
+                                f"{what}" + ("; keep one in the folder (load_mmrec also "
+                                             "takes name=)" if found else ""))
     return found[0]
+
+
+def _check_fields(inter: Path, n_fields: int) -> None:
+    """Every non-empty line has the header's number of tab-separated fields (one vectorised
+    pass over the bytes; a line with an extra or a missing field is named)."""
+    raw = np.fromfile(inter, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10)
+    if raw.size and raw[-1] != 10:
+        ends = np.append(ends, raw.size)
+    starts = np.r_[0, ends[:-1] + 1]
+    length = ends - starts
+    crlf = (length > 0) & (raw[np.maximum(ends - 1, 0)] == 13)
+    blank = (length - crlf) == 0
+    fields = np.bincount(np.searchsorted(ends, np.flatnonzero(raw == 9)),
+                         minlength=ends.size)[:ends.size] + 1
+    bad = np.flatnonzero((fields != n_fields) & ~blank)
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(f"{inter.name}, line {j + 1}: {int(fields[j])} tab-separated fields, "
+                         f"the header has {n_fields}" + (f" ({bad.size} such lines)"
+                                                         if bad.size > 1 else ""))
 
 
 def load_mmrec(folder: PathLike, name: Optional[str] = None,
@@ -43,12 +66,13 @@ def load_mmrec(folder: PathLike, name: Optional[str] = None,
             ``[]`` loads none (ID-only).
 
     Returns:
-        A :class:`Dataset`; ``n_users`` / ``n_items`` are ``max id + 1`` (and at least the
-        number of feature rows is checked against ``n_items``).
+        A :class:`Dataset`; ``n_users`` / ``n_items`` are ``max id + 1``, and every feature
+        file has exactly ``n_items`` rows.
 
     Raises:
         FileNotFoundError: when the folder or files are missing.
-        ValueError: on a malformed header, non-integer ids or features that don't match.
+        ValueError: on a malformed header, a line whose number of fields differs from the
+            header's, non-integer ids, no interactions, or features that don't match.
 
     Example:
         >>> ds = load_mmrec("../shared/data/movielens-100k")  # doctest: +SKIP
@@ -64,11 +88,14 @@ def load_mmrec(folder: PathLike, name: Optional[str] = None,
     if missing:
         raise ValueError(f"{inter.name}: header {header} lacks columns {missing}")
     cols = [header.index(c) for c in need]
+    _check_fields(inter, len(header))
     try:
         data = np.loadtxt(inter, delimiter="\t", skiprows=1, usecols=cols, dtype=np.int64,
                           ndmin=2)
     except ValueError as e:
         raise ValueError(f"{inter.name}: userID, itemID and x_label must be integers ({e})")
+    if data.shape[0] == 0:
+        raise ValueError(f"{inter.name} holds a header and no interactions")
     users, items, split = data[:, 0], data[:, 1], data[:, 2]
     n_users = int(users.max()) + 1
     n_items = int(items.max()) + 1
@@ -80,10 +107,9 @@ def load_mmrec(folder: PathLike, name: Optional[str] = None,
         if not p.exists():
             raise FileNotFoundError(f"modality {m!r}: no {p.name} in {folder}")
         f = np.load(p, mmap_mode="r")
-        if f.ndim != 2 or f.shape[0] < n_items:
-            raise ValueError(f"{p.name} has shape {f.shape}; expected at least "
-                             f"{n_items} rows (one per itemID)")
-        n_items = max(n_items, f.shape[0])
+        if f.ndim != 2 or f.shape[0] != n_items:
+            raise ValueError(f"{p.name} has shape {f.shape}; expected [{n_items}, d], one row "
+                             f"per itemID 0 … {n_items - 1} of {inter.name}")
         feats[m] = np.array(f, dtype=np.float32)  # in memory and writable
     return Dataset(users, items, split, n_users, n_items, feats, name=inter.stem)
 

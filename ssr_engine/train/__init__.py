@@ -2,7 +2,8 @@
 from .checkpoint import config_diff, load_checkpoint, save_checkpoint
 from .sampling import BPRSampler
 from .trainer import (Interrupted, TrainConfig, Trainer, TrainResult, default_batch_size,
-                      seed_everything)
+                      result_notes, seed_everything)
 
 __all__ = ["BPRSampler", "TrainConfig", "Trainer", "TrainResult", "Interrupted", "seed_everything",
-           "default_batch_size", "save_checkpoint", "load_checkpoint", "config_diff"]
+           "default_batch_size", "result_notes", "save_checkpoint", "load_checkpoint",
+           "config_diff"]

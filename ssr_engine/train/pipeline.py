@@ -42,7 +42,7 @@ from ..nn import SSRModel
 from .checkpoint import atomic_write, read_checkpoint, remove_leftovers
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
-from .trainer import TrainConfig, Trainer, default_batch_size
+from .trainer import TrainConfig, Trainer, default_batch_size, result_notes
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
            "synthetic_modalities"]
@@ -336,7 +336,8 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         "options": json.loads(json.dumps(asdict(opts), default=str)),
         "estimate": str(est), "bands": plan.to_dict(), "best_epoch": res.best_epoch,
         "epochs_run": res.epochs_run, "valid": res.valid, "test": res.test,
-        "test_cold": res.test_cold,
+        "test_cold": res.test_cold, "test_groups": res.test_groups,
+        "notes": result_notes(res, cfg),
         "test_standard_error": {k: float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else
                                 float("nan") for k, v in trainer.test_result.per_user.items()},
         "timings": timings, "train_seconds": res.train_seconds,
@@ -352,4 +353,6 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         keys = ("best_epoch", "valid", "test", "test_cold", "seconds_per_epoch",
                 "wall_seconds")
         log(json.dumps({k: report[k] for k in keys}, indent=1))
+        for note in report["notes"]:
+            log(f"[note] {note}")
     return report

@@ -166,6 +166,11 @@ class TrainResult:
         valid: validation metrics at ``best_epoch``.
         test: test metrics of the ``best_epoch`` model, all test users.
         test_cold: the same restricted to cold-start users.
+        test_groups: the same per group of test users: ``"with_training"`` (users with at
+            least one training interaction — MMRec's protocol drops the others, which this
+            evaluation ranks and counts; ``"without_training"`` holds their number) and the
+            quartiles of training activity (``"activity a-b"``: users with ``a … b`` training
+            interactions), each with its ``n_users``.
         epochs_run: epochs completed (including those before a resume).
         epochs_this_call: epochs run by this call (fewer than ``epochs_run`` after a resume).
         train_seconds: training time (sampling + steps) of the epochs run in this call.
@@ -178,11 +183,30 @@ class TrainResult:
     valid: Dict[str, float]
     test: Dict[str, float]
     test_cold: Dict[str, float]
+    test_groups: Dict[str, Dict[str, float]]
     epochs_run: int
     epochs_this_call: int
     train_seconds: float
     eval_seconds: float
     history: List[Dict] = field(default_factory=list)
+
+
+def result_notes(res: TrainResult, cfg: TrainConfig) -> List[str]:
+    """What a reader of ``res`` should know: a cold-start group that is nearly every test
+    user (its figure then repeats the overall one), and test users without training
+    interactions (ranked and counted here; MMRec drops them)."""
+    notes = []
+    n = max(1, res.test["n_users"])
+    share = res.test_cold["n_users"] / n
+    if share >= 0.9:
+        notes.append(f"{share:.0%} of the test users are cold-start (<= {cfg.cold_max} "
+                     "interactions): test_cold is nearly the overall figure; test_groups "
+                     "holds the activity quartiles")
+    none = res.test_groups.get("without_training", {}).get("n_users", 0)
+    if none:
+        notes.append(f"{none} test user(s) have no training interactions; they are ranked "
+                     "and counted in test (MMRec drops them: see test_groups['with_training'])")
+    return notes
 
 
 def _fingerprint(ds: Dataset) -> Dict:
@@ -433,9 +457,25 @@ class Trainer:
                 eval_seconds: float) -> TrainResult:
         return TrainResult(best_epoch=self.best["epoch"], valid=self.best["valid"],
                            test=test.summary(), test_cold=test.summary(self.cold),
-                           epochs_run=self.epoch, epochs_this_call=self.epoch - first_epoch,
+                           test_groups=self._groups(test), epochs_run=self.epoch,
+                           epochs_this_call=self.epoch - first_epoch,
                            train_seconds=train_seconds, eval_seconds=eval_seconds,
                            history=list(self.history))
+
+    def _groups(self, test: RankingResult) -> Dict[str, Dict[str, float]]:
+        """Test metrics per group of users (see :class:`TrainResult`)."""
+        counts = np.diff(self.train_m.indptr)[test.users]
+        groups = {"with_training": test.summary(test.users[counts > 0]),
+                  "without_training": {"n_users": int((counts == 0).sum())}}
+        if counts.size:
+            cuts = np.unique(np.quantile(counts, [0.0, 0.25, 0.5, 0.75, 1.0]).round())
+            lo = int(counts.min())
+            for hi in cuts[1:] if cuts.size > 1 else cuts:
+                sel = (counts >= lo) & (counts <= hi)
+                if sel.any():
+                    groups[f"activity {lo}-{int(hi)}"] = test.summary(test.users[sel])
+                lo = int(hi) + 1
+        return groups
 
     # -- training ---------------------------------------------------------------------------------
     def _batch(self, perm: np.ndarray, epoch: int, step: int):

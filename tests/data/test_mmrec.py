@@ -34,7 +34,11 @@ def test_missing_files_and_bad_features(tmp_path):
         load_mmrec(tmp_path / "nope")
     (tmp_path / "a.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n1\t2\t0\n")
     np.save(tmp_path / "img_feat.npy", np.zeros((2, 4), np.float32))
-    with pytest.raises(ValueError, match="expected at least 3 rows"):
+    with pytest.raises(ValueError, match=r"img_feat.npy has shape \(2, 4\); expected \[3, d\]"):
+        load_mmrec(tmp_path)
+    # before: a feature file with more rows than items added phantom items
+    np.save(tmp_path / "img_feat.npy", np.zeros((5, 4), np.float32))
+    with pytest.raises(ValueError, match=r"\(5, 4\); expected \[3, d\], one row per itemID"):
         load_mmrec(tmp_path)
     with pytest.raises(FileNotFoundError, match="modality 'txt'"):
         load_mmrec(tmp_path, modalities=["txt"])
@@ -52,3 +56,30 @@ def test_dataset_validation():
         Dataset([0], [0], [0], 1, 2, {"t": np.zeros((3, 2))})
     with pytest.raises(ValueError, match="split labels"):
         Dataset([0], [0], [5], 1, 1)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("userID\titemID\tx_label\n", "a.inter holds a header and no interactions"),
+    ("userID\titemID\tx_label\n0\t0\t0\n1\t2\t0\t7\n", "a.inter, line 3: 4 tab-separated fields, "
+                                                          "the header has 3"),
+    ("userID\titemID\tx_label\n0\t0\t0\n1\t2\n", "a.inter, line 3: 2 tab-separated fields"),
+])
+def test_malformed_inter_files_are_named(tmp_path, text, message):
+    # before: a numpy "zero-size array" error, and an extra field accepted silently
+    (tmp_path / "a.inter").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_mmrec(tmp_path)
+
+
+def test_inter_file_ok_with_crlf_blank_last_line_and_extra_header_columns(tmp_path):
+    (tmp_path / "a.inter").write_text("userID\titemID\trating\tx_label\r\n0\t0\t5\t0\r\n"
+                                      "1\t1\t3\t0\r\n\n")
+    ds = load_mmrec(tmp_path)
+    assert (ds.n_users, ds.n_items) == (2, 2)
+
+
+def test_two_inter_files_name_them(tmp_path):
+    for n in ("a", "b"):
+        (tmp_path / f"{n}.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n")
+    with pytest.raises(FileNotFoundError, match="found a.inter, b.inter; keep one"):
+        load_mmrec(tmp_path)

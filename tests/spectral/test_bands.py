@@ -154,8 +154,6 @@ def test_eigen_bands(small, dense_eigs):
     assert sp.uncovered == pytest.approx(sb.uncovered_, rel=1e-9)
 
 
-@pytest.mark.skipif(not hasattr(ssr_engine.linalg, "graph_eigs"),
-                    reason="ssr_engine.linalg.graph_eigs has not landed")
 def test_eigen_bands_with_graph_eigs(small):
     X = small.signals["image"]
     sb = SpectralBands(small.graph, 4, method="eigen", k=16, dtype=torch.float64).fit(X)

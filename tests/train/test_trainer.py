@@ -182,3 +182,32 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(ds, tmp_pat
                 fresh=True).fit()
     assert e.value.errno == errno.ENOSPC
     assert ck.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == [ck.name]
+
+
+def test_test_groups_report_users_without_training_and_activity_quartiles(ds):
+    # before: users without training interactions were ranked and counted without a word,
+    # and the cold group (<= 5 interactions) was the only breakdown
+    from ssr_engine.train import result_notes
+    split = ds.split.copy()
+    u0 = np.flatnonzero(np.bincount(ds.user_ids[split == 2], minlength=ds.n_users))[:3]
+    split[np.isin(ds.user_ids, u0) & (split == 0)] = 1         # 3 test users lose training
+    d2 = Dataset(ds.user_ids, ds.item_ids, split, ds.n_users, ds.n_items, name="holes")
+    cfg = TrainConfig(epochs=1, quiet=True)
+    res = Trainer(ssr_engine.MFBPR(d2.train_graph(), dim=8), d2, cfg).fit()
+    g = res.test_groups
+    assert g["without_training"]["n_users"] == 3
+    assert g["with_training"]["n_users"] == res.test["n_users"] - 3
+    quartiles = {k: v for k, v in g.items() if k.startswith("activity ")}
+    assert 2 <= len(quartiles) <= 4
+    assert sum(v["n_users"] for v in quartiles.values()) == res.test["n_users"]
+    # the overall mean is the users' mean over the quartiles
+    total = sum(v["recall@20"] * v["n_users"] for v in quartiles.values())
+    assert abs(total / res.test["n_users"] - res.test["recall@20"]) < 1e-9
+    notes = result_notes(res, cfg)
+    assert any("3 test user(s) have no training interactions" in n for n in notes)
+    assert not any("cold-start" in n for n in notes)
+    # a cold group that holds nearly everyone says so
+    cold = TrainConfig(epochs=1, quiet=True, cold_max=10 ** 6)
+    res = Trainer(ssr_engine.MFBPR(d2.train_graph(), dim=8), d2, cold).fit()
+    assert res.test_cold["n_users"] == res.test["n_users"]
+    assert any("100% of the test users are cold-start" in n for n in result_notes(res, cold))
