@@ -212,12 +212,10 @@ def read_checkpoint(path: PathLike, mmap: bool = False) -> Dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
-            first = str(e).strip().splitlines()[0][:200]
             raise ValueError(
                 f"refused to load {path}: it holds Python objects beyond tensors and plain "
                 "values, and unpickling those can run arbitrary code (ssr_engine never "
-                f"writes such checkpoints; was the file replaced?). torch said: {first}"
-            ) from None
+                "writes such checkpoints; was the file replaced?)") from None
         raise ValueError(f"the checkpoint {path} is damaged ({e}); delete it or start over "
                          "with --fresh") from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as e:
