@@ -222,6 +222,14 @@ class SSRModel(Recommender):
         """Whether the band slots are read by rows from a band store (not held in memory)."""
         return isinstance(self.id_bands.basis, StoredRows)
 
+    def check_inputs(self, nodes: torch.Tensor) -> None:
+        """Check the stored rows of ``nodes`` (content bands and ID basis read from a band
+        store) for NaN/inf; the error names the file."""
+        tables = [layer.bands for layer in self.content.values()] + [self.id_bands.basis]
+        for t in tables:
+            if isinstance(t, StoredRows):
+                t.check(nodes)
+
     def sparse_parameters(self):
         """Parameters with sparse gradients (the ID residual with ``sparse_residual``)."""
         ids = self.id_bands

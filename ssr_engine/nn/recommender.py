@@ -85,6 +85,11 @@ class Recommender(nn.Module):
         unless a subclass says otherwise."""
         return []
 
+    def check_inputs(self, nodes: torch.Tensor) -> None:
+        """Raise ValueError when the fixed inputs of ``nodes`` (users first, items offset by
+        ``n_users``) are damaged; the trainer calls it after a non-finite loss. Models with
+        nothing read from disk have nothing to check."""
+
     def dense_parameters(self):
         """All other parameters (for ``torch.optim.Adam``)."""
         sparse = {id(p) for p in self.sparse_parameters()}

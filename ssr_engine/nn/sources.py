@@ -168,10 +168,9 @@ class StoredRows:
         array: a numpy array or memory map, float32 or float16.
         name: what the rows are (named in errors), e.g. the file they come from.
 
-    Raises:
-        ValueError: when gathered rows hold NaN or inf (a damaged store: the check costs a
-            pass over the batch's rows only, so a damaged file is named the first time a
-            batch touches it instead of turning the loss into NaN).
+    Rows gathered per batch are not checked (that would cost a pass over them every step);
+    :meth:`check` does it for the nodes of a batch whose loss was not finite, and
+    :meth:`block` (whole ranges, read for evaluation) always does.
 
     Shapes:
         ``rows[nodes [n]]`` -> ``[n, ...]`` float32 on ``nodes``' device;
@@ -201,12 +200,17 @@ class StoredRows:
 
     def __getitem__(self, nodes: torch.Tensor) -> torch.Tensor:
         idx = nodes.detach().cpu().numpy()
-        out = self._checked(np.asarray(self.array[idx], dtype=np.float32), idx)
-        return torch.from_numpy(out).to(nodes.device)
+        return torch.from_numpy(np.asarray(self.array[idx], dtype=np.float32)).to(nodes.device)
 
     def block(self, lo: int, hi: int) -> torch.Tensor:
         return torch.from_numpy(self._checked(np.array(self.array[lo:hi], dtype=np.float32),
                                               np.arange(lo, hi)))
+
+    def check(self, nodes) -> None:
+        """Raise ValueError, naming the file and nodes, when rows of ``nodes`` hold NaN/inf."""
+        idx = np.unique(np.asarray(nodes.detach().cpu().numpy() if isinstance(
+            nodes, torch.Tensor) else nodes, dtype=np.int64))
+        self._checked(np.asarray(self.array[idx], dtype=np.float32), idx)
 
     def _checked(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
         if not np.isfinite(rows).all():

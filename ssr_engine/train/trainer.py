@@ -497,6 +497,14 @@ class Trainer:
             flag = int(t)
         return bool(flag)
 
+    def _non_finite(self, loss: float, u, p, q) -> None:
+        """A step's loss is NaN/inf: name damaged inputs if there are any, else the loss."""
+        nu = self.model.n_users
+        nodes = torch.from_numpy(np.concatenate([u, nu + p, nu + q.reshape(-1)]))
+        self.model.check_inputs(nodes)
+        raise FloatingPointError(f"training loss became {loss} at epoch {self.epoch + 1}, "
+                                 f"step {self.step}; lower the learning rate")
+
     def train_epoch(self, signals: Optional[_Signals] = None) -> float:
         """Run (the rest of) one epoch; returns its mean training loss."""
         signals = signals or _Signals()
@@ -520,10 +528,12 @@ class Trainer:
                     if self.sparse_opt is not None:
                         self.sparse_opt.zero_grad(set_to_none=True)
                     losses["loss"].backward()
+                loss = float(losses["loss"].detach())
+                if not np.isfinite(loss):               # before the step spoils the weights
+                    self._non_finite(loss, u, p, q)
                 self.opt.step()
                 if self.sparse_opt is not None:
                     self.sparse_opt.step()
-                loss = float(losses["loss"].detach())
                 self.partial[0] += loss * u.size
                 self.partial[1] += u.size
                 self.step += 1

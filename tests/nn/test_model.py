@@ -208,3 +208,19 @@ def test_source_misuse_is_refused(ds, tmp_path):
     other = synthetic_dataset(50, 40, 400, modalities={}, seed=0)
     with pytest.raises(ValueError, match="100 nodes but the graph"):
         ssr_engine.SSRModel(other.train_graph(), source=src)
+
+
+def test_damaged_store_is_named_at_the_first_step_that_reads_it(ds, tmp_path):
+    # before: NaN rows in a band store trained into "loss became nan ... lower the learning
+    # rate" at the end of the epoch, after the optimiser had spread the NaN into the weights
+    from ssr_engine.train import TrainConfig, Trainer
+    store = _stored(ds, tmp_path)
+    arr = np.load(tmp_path / "text.npy", mmap_mode="r+")
+    arr[:] = np.nan
+    arr.flush()
+    del arr
+    model = ssr_engine.SSRModel(ds.train_graph(), source=store.source(), dim=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"text.npy holds NaN or inf .* delete the band store"):
+        Trainer(model, ds, TrainConfig(epochs=1, quiet=True)).fit()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
