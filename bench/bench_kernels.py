@@ -33,6 +33,7 @@ import torch
 from ssr_engine.graph.operators import Operator
 from ssr_engine.ops import (band_cp_fusion, band_cp_fusion_reference, chebyshev_bands,
                             chebyshev_bands_reference, cp_fusion, cp_fusion_reference)
+from ssr_engine.spectral import band_coefficients
 
 # Problem sizes of this suite (DESIGN.md §4 targets); QUICK is a small smoke-test variant.
 SIZES = {
@@ -107,19 +108,10 @@ def power_law_graph(n_users: int, n_items: int, n_edges: int, device, seed: int 
 
 
 def jackson_band_coeffs(M: int, K: int) -> torch.Tensor:
-    """Jackson-damped coefficients ``[M, K]`` of M equal-width bands tiling [-1, 1]."""
-    th = torch.linspace(math.pi, 0.0, M + 1, dtype=torch.float64)
-    k = torch.arange(1, K, dtype=torch.float64)
-    c = torch.zeros(M, K, dtype=torch.float64)
-    for b in range(M):
-        a, z = th[b], th[b + 1]
-        c[b, 0] = (a - z) / math.pi
-        c[b, 1:] = 2 * (torch.sin(k * a) - torch.sin(k * z)) / (k * math.pi)
-    q = math.pi / (K + 1)
-    kk = torch.arange(K, dtype=torch.float64)
-    g = ((K - kk + 1) * math.cos(q) * torch.cos(kk * q) + math.sin(q) * torch.sin(kk * q)
-         / math.tan(q)) / (K + 1)
-    return c * g
+    """The library's Jackson-damped coefficients ``[M, K]`` of M equal-width bands tiling
+    [-1, 1] (``band_coefficients``, whose g_0 = 1, so the bands sum to the identity and the
+    Triton kernel takes the path the library takes: M-1 accumulators plus ``X - Σ``)."""
+    return band_coefficients(torch.linspace(-1.0, 1.0, M + 1, dtype=torch.float64), K)
 
 
 def fusion_factors(S, d, r, O, dtype, device, seed=0):
