@@ -145,6 +145,83 @@ class InteractionGraph:
         return (f"InteractionGraph(n_users={self.n_users}, n_items={self.n_items}, "
                 f"n_edges={self.n_edges})")
 
+    # -- networkx ----------------------------------------------------------------------
+    @classmethod
+    def from_networkx(cls, G, user_nodes, weight: Optional[str] = None
+                      ) -> Tuple["InteractionGraph", list, list]:
+        """The interaction graph of a bipartite networkx graph.
+
+        Args:
+            G: a ``networkx.Graph`` whose edges all join a user to an item.
+            user_nodes: the users (an iterable of nodes of ``G``); every other node is an
+                item. Users take ids ``0 … U − 1`` in this order, items ``0 … I − 1`` in
+                ``G``'s node order.
+            weight: edge attribute holding interaction weights (default: unweighted).
+
+        Returns:
+            ``(graph, users, items)``: the graph and the networkx node of each user id and
+            item id (isolated nodes keep their ids).
+
+        Raises:
+            ValueError: when an edge joins two users or two items, a user node is not in
+                ``G``, or ``G`` has no edges.
+
+        Example:
+            >>> import networkx as nx
+            >>> G = nx.complete_bipartite_graph(2, 3)
+            >>> g, users, items = InteractionGraph.from_networkx(G, user_nodes=[0, 1])
+            >>> g.n_users, g.n_items, g.n_edges, items
+            (2, 3, 6, [2, 3, 4])
+        """
+        users = list(dict.fromkeys(user_nodes))
+        missing = [u for u in users if u not in G]
+        if missing:
+            raise ValueError(f"user_nodes are not nodes of G: {missing[:5]}")
+        uid = {u: j for j, u in enumerate(users)}
+        items = [v for v in G.nodes if v not in uid]
+        iid = {v: j for j, v in enumerate(items)}
+        rows, cols, w = [], [], []
+        for a, b, data in G.edges(data=True):
+            if a in uid and b in iid:
+                u, i = uid[a], iid[b]
+            elif b in uid and a in iid:
+                u, i = uid[b], iid[a]
+            else:
+                side = "users" if a in uid else "items"
+                raise ValueError(f"edge ({a!r}, {b!r}) joins two {side}; the graph must be "
+                                 "bipartite between user_nodes and the other nodes")
+            rows.append(u)
+            cols.append(i)
+            if weight is not None:
+                w.append(data.get(weight, 1.0))
+        graph = cls(np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64),
+                    len(users), len(items), weights=w if weight is not None else None)
+        return graph, users, items
+
+    def to_networkx(self, users=None, items=None):
+        """The graph as a ``networkx.Graph``: nodes ``("user", u)`` and ``("item", i)`` (or
+        the labels given, one per id), attribute ``bipartite`` 0 for users and 1 for items,
+        edge attribute ``weight``.
+
+        Example:
+            >>> G = InteractionGraph([0, 1], [1, 0]).to_networkx()
+            >>> sorted(G.edges())
+            [(('user', 0), ('item', 1)), (('user', 1), ('item', 0))]
+        """
+        import networkx as nx
+        users = [("user", u) for u in range(self.n_users)] if users is None else list(users)
+        items = [("item", i) for i in range(self.n_items)] if items is None else list(items)
+        if len(users) != self.n_users or len(items) != self.n_items:
+            raise ValueError(f"expected {self.n_users} user and {self.n_items} item labels, got "
+                             f"{len(users)} and {len(items)}")
+        G = nx.Graph()
+        G.add_nodes_from(users, bipartite=0)
+        G.add_nodes_from(items, bipartite=1)
+        coo = self._R.tocoo()
+        G.add_weighted_edges_from((users[u], items[i], float(x))
+                                  for u, i, x in zip(coo.row, coo.col, coo.data))
+        return G
+
     def interaction_matrix(self) -> sp.csr_matrix:
         """``R`` as a scipy CSR matrix ``[n_users, n_items]`` (float64, merged weights)."""
         return self._R

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-__all__ = ["Operator", "as_operator", "csr_tensor"]
+__all__ = ["Operator", "FunctionOperator", "as_operator", "csr_tensor"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -148,7 +148,8 @@ class Operator:
             y.add_(xt, alpha=self.shift)
         return self._finish(y, vec, as_numpy, np_dtype)
 
-    __matmul__ = matmul
+    def __matmul__(self, x: ArrayLike) -> ArrayLike:
+        return self.matmul(x)
 
     def __call__(self, x: ArrayLike) -> ArrayLike:
         return self.matmul(x)
@@ -219,6 +220,112 @@ class Operator:
         return spla.LinearOperator(self.shape, matvec=self.matmul, matmat=self.matmul,
                                    rmatvec=self.rmatmul, rmatmat=self.rmatmul, dtype=np_dtype)
 
+    def to_pylops(self):
+        """The operator as a ``pylops.LinearOperator`` (numpy in, numpy out; needs pylops,
+        ``pip install pylops``), to use it inside pylops solvers and compositions.
+
+        Example:
+            >>> import numpy as np, torch, ssr_engine
+            >>> g = ssr_engine.InteractionGraph([0, 1, 1], [0, 0, 1])
+            >>> P = g.laplacian(dtype=torch.float64).to_pylops()
+            >>> P.shape, bool(np.allclose(P @ np.ones(4), g.laplacian(dtype=torch.float64) @ np.ones(4)))
+            ((4, 4), True)
+        """
+        try:
+            import pylops
+        except ImportError as e:                 # optional dependency
+            raise ImportError("to_pylops needs pylops: pip install pylops") from e
+        return pylops.LinearOperator(Op=self.as_linear_operator())
+
+
+class FunctionOperator(Operator):
+    """A matrix-free operator given by its products, e.g. a ``pylops.LinearOperator`` or a
+    ``scipy.sparse.linalg.LinearOperator`` (what :func:`as_operator` makes of them).
+
+    Products go through numpy on the CPU: the wrapped object is called with ``[n, B]``
+    arrays of its dtype (``matmat``, or ``matvec`` per column when it has no ``matmat``).
+
+    Args:
+        linop: an object with ``shape``, ``matvec`` (and optionally ``matmat``, ``rmatvec``,
+            ``rmatmat``).
+        dtype: torch dtype of the products (default: from ``linop.dtype``, else float64).
+        symmetric: whether the operator is known to be symmetric.
+    """
+
+    def __init__(self, linop, dtype: Optional[torch.dtype] = None, symmetric: bool = False):
+        shape = tuple(int(x) for x in linop.shape)
+        if len(shape) != 2:
+            raise ValueError(f"expected a 2-D operator, got shape {shape}")
+        if dtype is None:
+            dtype = torch.float32 if np.dtype(getattr(linop, "dtype", np.float64)) == \
+                np.float32 else torch.float64
+        self.linop, self._shape, self._dtype = linop, shape, dtype
+        self.scale, self.shift, self.symmetric = 1.0, 0.0, bool(symmetric)
+        self.matrix, self._transpose = None, None
+
+    @property
+    def shape(self) -> tuple:
+        return self._shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def is_sparse(self) -> bool:
+        return False
+
+    @property
+    def nnz(self) -> int:
+        """Unknown for a matrix-free operator: the dense size, an upper bound."""
+        return self._shape[0] * self._shape[1]
+
+    def __repr__(self) -> str:
+        return (f"FunctionOperator(shape={self.shape}, {type(self.linop).__name__}, "
+                f"dtype={self.dtype})")
+
+    def _apply(self, x: ArrayLike, transpose: bool) -> ArrayLike:
+        m, n = self._shape if not transpose else self._shape[::-1]
+        xt, vec, as_numpy, np_dtype = self._prepare(x, n)
+        arr = xt.detach().cpu().numpy()
+        mat = getattr(self.linop, "rmatmat" if transpose else "matmat", None)
+        one = getattr(self.linop, "rmatvec" if transpose else "matvec", None)
+        if mat is not None:
+            y = np.asarray(mat(arr))
+        elif one is not None:
+            y = np.stack([np.asarray(one(arr[:, j])) for j in range(arr.shape[1])], axis=1)
+        else:
+            raise TypeError(f"{type(self.linop).__name__} has no "
+                            f"{'rmatvec' if transpose else 'matvec'}")
+        y = torch.from_numpy(np.ascontiguousarray(y.reshape(m, -1))).to(self.dtype)
+        return self._finish(y, vec, as_numpy, np_dtype)
+
+    def matmul(self, x: ArrayLike) -> ArrayLike:
+        return self._apply(x, False)
+
+    def rmatmul(self, y: ArrayLike) -> ArrayLike:
+        return self.matmul(y) if self.symmetric else self._apply(y, True)
+
+    @property
+    def T(self) -> "Operator":
+        raise TypeError("a matrix-free operator has no transpose matrix; use rmatmul")
+
+    def to(self, dtype: Optional[torch.dtype] = None,
+           device: Union[str, torch.device, None] = None) -> "Operator":
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError("a matrix-free operator computes on the CPU (numpy)")
+        return FunctionOperator(self.linop, dtype or self.dtype, self.symmetric)
+
+    def to_scipy(self, unscaled: bool = False) -> sp.csr_matrix:
+        raise TypeError("a matrix-free operator has no sparse matrix; use as_linear_operator")
+
+    def to_dense(self) -> torch.Tensor:
+        return self.matmul(torch.eye(self._shape[1], dtype=self.dtype))
+
 
 def as_operator(a, dtype: Optional[torch.dtype] = None,
                 device: Union[str, torch.device, None] = None,
@@ -227,7 +334,9 @@ def as_operator(a, dtype: Optional[torch.dtype] = None,
 
     Args:
         a: an :class:`Operator`, a torch sparse (CSR/COO) or dense tensor, a scipy sparse
-            matrix, or a numpy array; ``[m, n]``.
+            matrix, a numpy array, or a matrix-free ``pylops.LinearOperator`` /
+            ``scipy.sparse.linalg.LinearOperator`` (wrapped as a :class:`FunctionOperator`);
+            ``[m, n]``.
         dtype: value dtype (default: the input's floating dtype, float32 for scipy/numpy
             float32 and float64 for float64 input).
         device: torch device (default: the input's, CPU for scipy/numpy).
@@ -262,5 +371,8 @@ def as_operator(a, dtype: Optional[torch.dtype] = None,
         else:
             raise TypeError(f"unsupported tensor layout {a.layout}")
         return Operator(m, symmetric=symmetric)
+    if hasattr(a, "matvec") and hasattr(a, "shape"):       # pylops / scipy LinearOperator
+        return FunctionOperator(a, dtype, symmetric)
     raise TypeError(f"cannot make an operator from {type(a).__name__}; pass a torch tensor, "
-                    "a scipy sparse matrix, a numpy array or an ssr_engine.Operator")
+                    "a scipy sparse matrix or LinearOperator, a pylops LinearOperator, a "
+                    "numpy array or an ssr_engine.Operator")
