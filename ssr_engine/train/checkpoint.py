@@ -214,8 +214,10 @@ def read_checkpoint(path: PathLike, mmap: bool = False) -> Dict[str, Any]:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             raise ValueError(
                 f"refused to load {path}: it holds Python objects beyond tensors and plain "
-                "values, and unpickling those can run arbitrary code (ssr_engine never "
-                "writes such checkpoints; was the file replaced?)") from None
+                "values, and unpickling those can run arbitrary code. ssr_engine writes no "
+                "such checkpoints since 2026-12-06 (older ones held numpy RNG objects): "
+                "if the file is an older run of yours, start over with --fresh; otherwise "
+                "it was replaced") from None
         raise ValueError(f"the checkpoint {path} is damaged ({e}); delete it or start over "
                          "with --fresh") from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as e:

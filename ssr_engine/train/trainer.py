@@ -269,11 +269,11 @@ class Trainer:
         config: a :class:`TrainConfig`.
         checkpoint: file saved after every epoch (and on signals) and resumed from when it
             exists (``None``: no checkpoints).
-        fresh: start over even when ``checkpoint`` exists; the old file stays until this run
-            writes its first checkpoint over it (a run that fails before that loses nothing).
         distributed: train under ``DistributedDataParallel`` on the default process group
             (every process runs this with the same arguments; process 0 writes the
             checkpoint).
+        fresh: start over even when ``checkpoint`` exists; the old file stays until this run
+            writes its first checkpoint over it (a run that fails before that loses nothing).
 
     Raises:
         ValueError: when model and dataset disagree, the split lacks validation or test
