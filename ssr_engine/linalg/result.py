@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -24,6 +24,9 @@ class EigResult:
         iterations: iterations (or restarts) taken.
         converged: whether every requested pair met the tolerance.
         method: the method that produced it.
+        n_users: for :func:`ssr_engine.graph_eigs`, the number of users (the first rows of
+            the eigenvectors), so that the result can warm-start a solve on a grown graph
+            (``graph_eigs(..., v0=result)``); ``None`` otherwise.
 
     Unpacks as ``w, V = result``.
     """
@@ -34,6 +37,7 @@ class EigResult:
     iterations: int
     converged: bool
     method: str
+    n_users: Optional[int] = None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         yield self.eigenvalues

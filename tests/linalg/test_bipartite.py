@@ -200,3 +200,24 @@ def test_cuda_matches_closed_form(cases):
     np.testing.assert_allclose(r.eigenvalues.cpu().double().numpy(),
                                cases.torus_spectrum(20, 30)[:9],
                                atol=tol(torch.float32, "solve") * 2)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "lobpcg", "chebyshev"])
+def test_warm_start_from_a_smaller_graph(method):
+    # a previous result on the first users/items warm-starts the solve on the grown graph
+    rng = np.random.default_rng(5)
+    u, i = rng.integers(0, 300, 4000), rng.integers(0, 200, 4000)
+    old = (u < 280) & (i < 190) & (rng.random(u.size) < 0.95)
+    with pytest.warns(UserWarning):
+        g0 = InteractionGraph(u[old], i[old], 280, 190)
+        g1 = InteractionGraph(u, i, 300, 200)
+    r0 = graph_eigs(g0, 12, which="both", dtype=torch.float64, method="lanczos")
+    assert r0.n_users == 280
+    cold = graph_eigs(g1, 12, which="both", dtype=torch.float64, method=method)
+    warm = graph_eigs(g1, 12, which="both", dtype=torch.float64, method=method, v0=r0)
+    assert warm.converged and float(warm.residuals.max()) <= tol(torch.float64, "solve")
+    np.testing.assert_allclose(warm.eigenvalues.numpy(), cold.eigenvalues.numpy(), atol=1e-7)
+    with pytest.raises(ValueError, match="larger than this one"):
+        graph_eigs(g0, 4, dtype=torch.float64, v0=cold)
+    with pytest.raises(ValueError, match="result of graph_eigs"):
+        graph_eigs(g1, 4, dtype=torch.float64, v0=cold.eigenvectors)
