@@ -115,7 +115,7 @@ def fusion_terms(model, nodes: torch.Tensor, dtype: torch.dtype = torch.float64)
         >>> from ssr_engine.nn import SSRModel
         >>> from ssr_engine.explain import fusion_terms
         >>> ds = synthetic_dataset(40, 30, 250, modalities={"text": 6}, seed=0)
-        >>> m = SSRModel(ds.train_graph(), ds.features, n_bands=2, dim=8, rank=4)
+        >>> m = SSRModel(ds.train_graph(), ds.features, n_bands=2, dim=8, rank=4, fusion="cp")
         >>> t = fusion_terms(m, torch.tensor([0, 35]))
         >>> t.h.shape, t.keyed.shape, t.weight.shape
         (torch.Size([2, 8]), torch.Size([2, 4, 4]), torch.Size([2, 2]))
@@ -280,7 +280,7 @@ def attribute(model, users, items=None, k: int = 10, side: str = "item",
         >>> from ssr_engine.nn import SSRModel
         >>> from ssr_engine.explain import attribute
         >>> ds = synthetic_dataset(40, 30, 250, modalities={"text": 6}, seed=0)
-        >>> m = SSRModel(ds.train_graph(), ds.features, n_bands=2, dim=8, rank=4)
+        >>> m = SSRModel(ds.train_graph(), ds.features, n_bands=2, dim=8, rank=4, fusion="cp")
         >>> a = attribute(m, [0, 1], k=3)
         >>> a.contributions.shape
         torch.Size([2, 3, 2, 2, 2])
