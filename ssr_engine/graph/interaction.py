@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 
 from .operators import Operator, csr_tensor
 
-__all__ = ["InteractionGraph"]
+__all__ = ["InteractionGraph", "Growth"]
 
 Device = Union[str, torch.device, None]
 
@@ -41,6 +42,26 @@ def _as_index_array(x, name: str) -> np.ndarray:
         bad = int(np.flatnonzero(a < 0)[0])
         raise ValueError(f"{name} has a negative id {int(a[bad])} at position {bad}")
     return a.astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True)
+class Growth:
+    """What :meth:`InteractionGraph.grow` changed.
+
+    Attributes:
+        old_users, old_items: sizes before.
+        new_users, new_items: nodes added (ids ``old_users …``, ``old_items …``).
+        added: interactions added (after merging repeats within the new ones).
+        users, items: ids of the users and items that gained interactions (sorted).
+    """
+
+    old_users: int
+    old_items: int
+    new_users: int
+    new_items: int
+    added: int
+    users: np.ndarray
+    items: np.ndarray
 
 
 def _physical_memory() -> int:
@@ -144,6 +165,70 @@ class InteractionGraph:
     def __repr__(self) -> str:
         return (f"InteractionGraph(n_users={self.n_users}, n_items={self.n_items}, "
                 f"n_edges={self.n_edges})")
+
+    # -- growth ------------------------------------------------------------------------
+    def grow(self, user_ids: Sequence[int], item_ids: Sequence[int],
+             weights: Optional[Sequence[float]] = None) -> Tuple["InteractionGraph", "Growth"]:
+        """The graph with new interactions added, and what changed; ``self`` is unchanged.
+
+        New users and items take the ids after the current ones (``n_users, n_users + 1,
+        …``); every new id must appear, so a file of another dataset (ids far beyond the
+        current range) is refused instead of creating thousands of empty nodes.
+
+        Args:
+            user_ids: ``[E]`` user ids (existing or new).
+            item_ids: ``[E]`` item ids (existing or new).
+            weights: optional ``[E]`` positive weights (the graph's existing weights stay).
+
+        Returns:
+            ``(graph, growth)``: the grown graph and a :class:`Growth` record.
+
+        Raises:
+            ValueError: on the construction errors (negative or non-integer ids, lengths,
+                weights), on pairs the graph already holds (counted, with examples), or on new
+                ids that skip ids.
+
+        Example:
+            >>> g = InteractionGraph([0, 1], [0, 1])
+            >>> g2, d = g.grow([1, 2], [0, 2])
+            >>> (g2.n_users, g2.n_items, g2.n_edges), (d.new_users, d.new_items, d.added)
+            ((3, 3, 4), (1, 1, 2))
+        """
+        u = _as_index_array(user_ids, "user_ids")
+        i = _as_index_array(item_ids, "item_ids")
+        if u.shape != i.shape:
+            raise ValueError(f"user_ids and item_ids differ in length: {u.size} vs {i.size}")
+        if u.size == 0:
+            raise ValueError("no interactions to add")
+        sizes = {}
+        for name, ids, n in (("user", u, self.n_users), ("item", i, self.n_items)):
+            new = np.unique(ids[ids >= n])
+            if new.size and (new[0] != n or new[-1] != n + new.size - 1):
+                missing = np.setdiff1d(np.arange(n, new[-1] + 1), new)
+                raise ValueError(
+                    f"new {name} ids must continue the current range ({n}, {n + 1}, …) without "
+                    f"gaps; got ids up to {int(new[-1])}, and {missing.size} ids in between "
+                    f"have no interaction (e.g. {int(missing[0])}): is this the same dataset?")
+            sizes[name] = n + new.size
+        old = u < self.n_users
+        old &= i < self.n_items
+        if old.any():
+            hit = np.asarray(self._R[u[old], i[old]]).ravel() != 0
+            if hit.any():
+                ex = ", ".join(f"({a}, {b})" for a, b in zip(u[old][hit][:3], i[old][hit][:3]))
+                raise ValueError(f"{int(hit.sum())} of the new interactions are already in the "
+                                 f"graph, e.g. {ex}; pass only new ones")
+        w_new = np.ones(u.size) if weights is None else weights
+        coo = self._R.tocoo()
+        keep_binary = weights is None and self.binary
+        grown = InteractionGraph(np.concatenate([coo.row, u]), np.concatenate([coo.col, i]),
+                                 sizes["user"], sizes["item"],
+                                 weights=None if keep_binary else
+                                 np.concatenate([coo.data, np.asarray(w_new, dtype=np.float64)]))
+        growth = Growth(self.n_users, self.n_items, sizes["user"] - self.n_users,
+                        sizes["item"] - self.n_items, grown.n_edges - self.n_edges,
+                        np.unique(u), np.unique(i))
+        return grown, growth
 
     # -- networkx ----------------------------------------------------------------------
     @classmethod

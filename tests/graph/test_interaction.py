@@ -131,3 +131,34 @@ def test_accepts_torch_ids_and_weights():
     g = InteractionGraph(torch.tensor([0, 1]), torch.tensor([1, 0]), weights=torch.tensor([2.0, 3.0]))
     assert g.n_edges == 2 and not g.binary
     assert sp.issparse(g.interaction_matrix())
+
+
+def test_grow_adds_users_items_and_edges_like_building_from_scratch():
+    u0, i0 = [0, 0, 1, 2], [0, 1, 1, 2]
+    g = InteractionGraph(u0, i0)
+    nu, ni = [2, 3, 3, 1], [0, 3, 1, 3]                  # user 3 and item 3 are new
+    g2, d = g.grow(nu, ni)
+    ref = InteractionGraph(u0 + nu, i0 + ni)
+    assert (g2.n_users, g2.n_items, g2.n_edges) == (4, 4, 8) and g2.binary
+    assert (d.old_users, d.old_items, d.new_users, d.new_items, d.added) == (3, 3, 1, 1, 4)
+    np.testing.assert_array_equal(d.users, [1, 2, 3])
+    np.testing.assert_array_equal(d.items, [0, 1, 3])
+    assert (g2.interaction_matrix() != ref.interaction_matrix()).nnz == 0
+    np.testing.assert_allclose(g2.laplacian(torch.float64).to_dense().numpy(),
+                               ref.laplacian(torch.float64).to_dense().numpy())
+    assert (g.n_users, g.n_edges) == (3, 4)                        # the old graph is unchanged
+    w, _ = InteractionGraph(u0, i0, weights=[1.0, 2.0, 1.0, 1.0]).grow([3], [0])
+    assert w.interaction_matrix()[0, 1] == 2.0 and w.interaction_matrix()[3, 0] == 1.0
+
+
+@pytest.mark.parametrize("users, items, match", [
+    ([0, 1], [1, 1], r"2 of the new interactions are already in the graph, e\.g\. \(0, 1\)"),
+    ([50], [0], r"new user ids must continue the current range \(3, 4, …\).*up to 50"),
+    ([0], [9], r"new item ids must continue .* is this the same dataset"),
+    ([], [], "no interactions to add"),
+    ([0, -1], [3, 3], "negative id"),
+])
+def test_grow_refuses_bad_additions(users, items, match):
+    g = InteractionGraph([0, 0, 1, 2], [0, 1, 1, 2])
+    with pytest.raises(ValueError, match=match):
+        g.grow(users, items)
