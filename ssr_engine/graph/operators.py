@@ -227,8 +227,9 @@ class Operator:
         Example:
             >>> import numpy as np, torch, ssr_engine
             >>> g = ssr_engine.InteractionGraph([0, 1, 1], [0, 0, 1])
-            >>> P = g.laplacian(dtype=torch.float64).to_pylops()
-            >>> P.shape, bool(np.allclose(P @ np.ones(4), g.laplacian(dtype=torch.float64) @ np.ones(4)))
+            >>> L = g.laplacian(dtype=torch.float64)
+            >>> P = L.to_pylops()
+            >>> P.shape, bool(np.allclose(P @ np.ones(4), L @ np.ones(4)))
             ((4, 4), True)
         """
         try:
