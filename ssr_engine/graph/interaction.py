@@ -44,6 +44,15 @@ def _as_index_array(x, name: str) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
+def _id_pair(user_ids, item_ids) -> Tuple[np.ndarray, np.ndarray]:
+    """Validated int64 ``(users, items)`` of the same length."""
+    u = _as_index_array(user_ids, "user_ids")
+    i = _as_index_array(item_ids, "item_ids")
+    if u.shape != i.shape:
+        raise ValueError(f"user_ids and item_ids differ in length: {u.size} vs {i.size}")
+    return u, i
+
+
 @dataclass(frozen=True)
 class Growth:
     """What :meth:`InteractionGraph.grow` changed.
@@ -104,10 +113,7 @@ class InteractionGraph:
     def __init__(self, user_ids: Sequence[int], item_ids: Sequence[int],
                  n_users: Optional[int] = None, n_items: Optional[int] = None,
                  weights: Optional[Sequence[float]] = None):
-        u = _as_index_array(user_ids, "user_ids")
-        i = _as_index_array(item_ids, "item_ids")
-        if u.shape != i.shape:
-            raise ValueError(f"user_ids and item_ids differ in length: {u.size} vs {i.size}")
+        u, i = _id_pair(user_ids, item_ids)
         if u.size == 0:
             raise ValueError("the graph is empty: no interactions were given")
         n_u = int(u.max()) + 1 if n_users is None else int(n_users)
@@ -194,10 +200,7 @@ class InteractionGraph:
             >>> (g2.n_users, g2.n_items, g2.n_edges), (d.new_users, d.new_items, d.added)
             ((3, 3, 4), (1, 1, 2))
         """
-        u = _as_index_array(user_ids, "user_ids")
-        i = _as_index_array(item_ids, "item_ids")
-        if u.shape != i.shape:
-            raise ValueError(f"user_ids and item_ids differ in length: {u.size} vs {i.size}")
+        u, i = _id_pair(user_ids, item_ids)
         if u.size == 0:
             raise ValueError("no interactions to add")
         sizes = {}
