@@ -270,9 +270,6 @@ def build_model(args, ds):
 
 
 def run_in_memory(args, ds, t0: float) -> dict:
-    if args.distributed:
-        raise ValueError("--distributed needs the stored pipeline (--model ssr, --pipeline "
-                         "stored or auto)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model == "ssr":
@@ -303,11 +300,8 @@ def run_in_memory(args, ds, t0: float) -> dict:
         raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
     remove_leftovers(ckpt, args.out / "metrics.json")
     trainer = Trainer(model, ds, cfg, checkpoint=ckpt, fresh=args.fresh)
-    if trainer.epoch or trainer.step:
-        print(f"[train] resuming after epoch {trainer.epoch}, step {trainer.step}", flush=True)
-    n_eval = "all" if trainer.eval_users is None else str(trainer.eval_users.size)
-    print(f"[train] {trainer.steps_per_epoch} steps of {cfg.batch_size} per epoch; evaluating "
-          f"{n_eval} users", flush=True)
+    for line in trainer.plan_lines():
+        print(line, flush=True)
     res = trainer.fit()
     out = {"dataset": ds.name, "model": args.model, "pipeline": "memory", "seed": args.seed,
            "config": model.config(), "bands": getattr(model, "band_report", None),

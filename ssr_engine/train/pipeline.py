@@ -323,12 +323,8 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                       log=opts.quiet)
     trainer = Trainer(model, ds, cfg, checkpoint=ckpt, distributed=opts.distributed,
                       fresh=opts.fresh)
-    if trainer.epoch or trainer.step:
-        log(f"[train] resuming after epoch {trainer.epoch}, step {trainer.step}")
-    log(f"[train] {trainer.steps_per_epoch} steps of {cfg.batch_size} per epoch"
-        + (f" over {world} processes" if world > 1 else "")
-        + "; evaluating " + ("all" if trainer.eval_users is None
-                             else str(trainer.eval_users.size)) + " users")
+    for line in trainer.plan_lines():
+        log(line)
     res = trainer.fit()
     report = {
         "dataset": ds.name, "pipeline": "stored", "n_users": ds.n_users, "n_items": ds.n_items,

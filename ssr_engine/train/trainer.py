@@ -357,6 +357,18 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return -(-self.sampler.users.size // self.cfg.batch_size)
 
+    def plan_lines(self) -> List[str]:
+        """What the run is about to do, as log lines: where a resumed run continues, and the
+        steps per epoch, processes and users evaluated."""
+        lines = []
+        if self.epoch or self.step:
+            lines.append(f"[train] resuming after epoch {self.epoch}, step {self.step}")
+        procs = f" over {self.world} processes" if self.world > 1 else ""
+        n_eval = "all" if self.eval_users is None else str(self.eval_users.size)
+        lines.append(f"[train] {self.steps_per_epoch} steps of {self.cfg.batch_size} per epoch"
+                     f"{procs}; evaluating {n_eval} users")
+        return lines
+
     def _sample_eval_users(self) -> Optional[np.ndarray]:
         n = self.cfg.eval_users
         if n is None:
