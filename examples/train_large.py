@@ -27,6 +27,13 @@ Examples:
     python examples/train_large.py --data ../shared/data/amazon-baby --approx exact
     python examples/train_large.py --model lightgcn --synthetic 20000,10000,300000 --epochs 20
     torchrun --nproc_per_node=2 examples/train_large.py --approx chebyshev --distributed
+    python examples/train_large.py --update new.inter --from runs/baby --out runs/baby-2
+
+``--update NEW --from RUN --out NEW_DIR`` folds the new training interactions of the MMRec
+file ``NEW`` into the finished stored-pipeline run in ``RUN``: the band store of the grown
+graph is computed in ``NEW_DIR``, the trained model is carried over (new users and items
+start from their neighbours) and trained on for a few epochs (:mod:`ssr_engine.train.update`);
+``RUN`` is left as it is.
 """
 from __future__ import annotations
 
@@ -47,6 +54,8 @@ from ssr_engine.train import (Interrupted, TrainConfig, Trainer, default_batch_s
 from ssr_engine.train.checkpoint import atomic_write, remove_leftovers
 from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
+from ssr_engine.train.update import (UPDATE_EPOCHS, UPDATE_PATIENCE, UPDATE_SHRINK,
+                                     update_options)
 
 #: SSR graphs above this many nodes train on the stored pipeline whatever ``--approx``.
 IN_MEMORY_MAX_NODES = 100_000
@@ -108,6 +117,7 @@ _ONLY = {
     "band_edges": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
     "report": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
     "layers": ("LightGCN", lambda a, st: a.model == "lightgcn"),
+    "shrink": ("--update", lambda a, st: False),
 }
 
 
@@ -141,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="stored band features or in-memory model (auto: see above)")
     p.add_argument("--epochs", type=POS_INT, default=None,
                    help="maximum epochs; training stops earlier when validation stops "
-                        "improving (default: 1000 with --data, 5 on the synthetic graph)")
+                        "improving (default: 1000 with --data, 5 on the synthetic graph, "
+                        f"{UPDATE_EPOCHS} with --update)")
     p.add_argument("--seed", type=NONNEG_INT, default=999)
     p.add_argument("--out", type=Path, default=Path("runs/train_large"))
     run = p.add_mutually_exclusive_group()
@@ -152,6 +163,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true",
                    help="log lines instead of progress bars: one per phase and per evaluated "
                         "epoch, then the final metrics")
+    p.add_argument("--update", type=Path, metavar="NEW",
+                   help="MMRec file of new training interactions to fold into the run given "
+                        "by --from (written to --out, which must be a new folder)")
+    p.add_argument("--from", dest="from_run", type=Path, metavar="RUN",
+                   help="with --update: the output folder of the finished stored-pipeline run "
+                        "to continue")
+    p.add_argument("--shrink", type=_number(float, 0, 1, lo_open=True), default=None,
+                   help=f"with --update: scale of the carried-over vectors (default "
+                        f"{UPDATE_SHRINK}; 1 keeps the model as it was)")
     p.add_argument("--report", type=Path, default=None,
                    help="write the band explanation report (PNGs + HTML) here (SSR in memory)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -167,7 +187,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="interactions per step (default: 2048, doubled while an epoch would "
                         "take over 2000 steps)")
     g.add_argument("--n-neg", type=POS_INT, default=1)
-    g.add_argument("--patience", type=POS_INT, default=20)
+    g.add_argument("--patience", type=POS_INT, default=20,
+                   help=f"evaluations without improvement before stopping (--update: "
+                        f"{UPDATE_PATIENCE})")
     g.add_argument("--eval-every", type=POS_INT, default=1)
     g.add_argument("--eval-users", type=NONNEG_INT, default=20000,
                    help="rank all items for a fixed sample of this many users, in validation "
@@ -328,10 +350,25 @@ def run_in_memory(args, ds, t0: float) -> dict:
     return out
 
 
+def run_update(args) -> dict:
+    """``--update NEW --from RUN``: the update's options are the run's, except the flags
+    given here (those of :data:`~ssr_engine.train.update.UPDATE_FLAGS`)."""
+    if args.update is None or args.from_run is None:
+        raise ValueError("--update and --from go together: --update NEW --from RUN --out NEW_DIR")
+    if "out" not in args.given:
+        raise ValueError("--update needs --out: a new folder for the updated run")
+    given = {d: getattr(args, d) for d in args.given if d not in ("update", "from_run")}
+    if "eval_users" in given:
+        given["eval_users"] = given["eval_users"] or None
+    return run_large(update_options(args.update, args.from_run, **given))
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.perf_counter()
     try:
+        if args.update is not None or args.from_run is not None:
+            return run_update(args)
         if args.data is None:                  # synthetic: sizes known before generating
             u, i, e = args.synthetic or DEFAULT_SYNTHETIC
             refuse_unused(args, use_stored(args, u + i))

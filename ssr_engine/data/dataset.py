@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..graph import InteractionGraph
+from ..graph.interaction import Growth
 
 __all__ = ["Dataset", "TRAIN", "VALID", "TEST"]
 
@@ -112,3 +113,61 @@ class Dataset:
     def cold_users(self, max_interactions: int = 5) -> np.ndarray:
         """Ids of users with at most ``max_interactions`` interactions in the whole dataset."""
         return np.flatnonzero(self.user_counts() <= max_interactions)
+
+    def add_training(self, user_ids: Sequence[int], item_ids: Sequence[int]
+                     ) -> Tuple["Dataset", Growth]:
+        """The dataset with new training interactions appended, and what changed in its
+        training graph; ``self`` is unchanged. Validation and test stay as they are.
+
+        New users and items take the ids after the current ones, as in
+        :meth:`InteractionGraph.grow`, which checks the ids and refuses pairs already in
+        the training graph.
+
+        Args:
+            user_ids: ``[E]`` user ids (existing or new).
+            item_ids: ``[E]`` item ids (existing or new).
+
+        Returns:
+            ``(dataset, growth)``.
+
+        Raises:
+            ValueError: on the checks of :meth:`InteractionGraph.grow`, on pairs listed twice,
+                on pairs that are validation or test interactions (training on them would
+                leak the answers into the evaluation), and on new items of a dataset with
+                item features (a new item needs its feature rows).
+
+        Example:
+            >>> ds = Dataset([0, 0, 1, 1], [0, 1, 1, 0], [0, 0, 0, 2], 2, 2)
+            >>> ds2, growth = ds.add_training([2, 2], [0, 1])
+            >>> ds2.n_users, int((ds2.split == 0).sum()), growth.new_users
+            (3, 5, 1)
+        """
+        u = np.asarray(user_ids)
+        i = np.asarray(item_ids)
+        if u.size and u.shape == i.shape and np.issubdtype(u.dtype, np.integer) \
+                and np.issubdtype(i.dtype, np.integer) and min(u.min(), i.min()) >= 0:
+            width = max(self.n_items, int(i.max()) + 1)
+            uniq, counts = np.unique(u.astype(np.int64) * width + i, return_counts=True)
+            if (counts > 1).any():
+                twice = uniq[counts > 1]
+                raise ValueError(f"{twice.size} new interactions are listed more than once, "
+                                 f"e.g. ({int(twice[0] // width)}, {int(twice[0] % width)})")
+        graph, growth = self.train_graph().grow(u, i)          # checks the ids
+        u, i = u.astype(np.int64), i.astype(np.int64)
+        pairs = u * graph.n_items + i
+        if growth.new_items and self.features:
+            raise ValueError(f"{growth.new_items} new items (ids {self.n_items} and up) but the "
+                             f"dataset has item features ({', '.join(self.features)}) with "
+                             f"{self.n_items} rows: a new item needs its feature rows")
+        for split in ("valid", "test"):
+            su, si = self.interactions(split)
+            held = np.isin(pairs, su * graph.n_items + si)
+            if held.any():
+                j = int(np.flatnonzero(held)[0])
+                raise ValueError(f"{int(held.sum())} new interactions are {split} "
+                                 f"interactions of the dataset, e.g. ({int(u[j])}, {int(i[j])}); "
+                                 "training on them would leak the answers into the evaluation")
+        grown = Dataset(np.concatenate([self.user_ids, u]), np.concatenate([self.item_ids, i]),
+                        np.concatenate([self.split, np.zeros(u.size, dtype=np.int8)]),
+                        graph.n_users, graph.n_items, dict(self.features), name=self.name)
+        return grown, growth

@@ -14,7 +14,7 @@ import numpy as np
 
 from .dataset import Dataset
 
-__all__ = ["load_mmrec", "save_mmrec"]
+__all__ = ["load_mmrec", "save_mmrec", "read_new_interactions"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -112,6 +112,47 @@ def load_mmrec(folder: PathLike, name: Optional[str] = None,
                              f"per itemID 0 … {n_items - 1} of {inter.name}")
         feats[m] = np.array(f, dtype=np.float32)  # in memory and writable
     return Dataset(users, items, split, n_users, n_items, feats, name=inter.stem)
+
+
+def read_new_interactions(path: PathLike) -> tuple:
+    """Read a file of new training interactions in MMRec's format (what
+    ``train_large.py --update`` takes): tab-separated, a header with ``userID`` and
+    ``itemID`` (other columns are ignored), and, if it has ``x_label``, every label 0.
+
+    Returns:
+        ``(user_ids [E], item_ids [E])`` int64.
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        ValueError: on a header without ``userID`` / ``itemID``, a line with another number
+            of fields than the header, non-integer or negative ids, labels other than 0
+            (validation or test rows), or no interactions.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}")
+    with open(path) as fh:
+        header = fh.readline().rstrip("\r\n").split("\t")
+    missing = [c for c in ("userID", "itemID") if c not in header]
+    if missing:
+        raise ValueError(f"{path.name}: header {header} lacks columns {missing}; expected a "
+                         "tab-separated MMRec file with userID and itemID")
+    _check_fields(path, len(header))
+    need = ["userID", "itemID"] + (["x_label"] if "x_label" in header else [])
+    try:
+        data = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=[header.index(c) for c in need],
+                          dtype=np.int64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"{path.name}: {', '.join(need)} must be integers ({e})")
+    if data.shape[0] == 0:
+        raise ValueError(f"{path.name} holds a header and no interactions")
+    if data[:, :2].min() < 0:
+        raise ValueError(f"{path.name}: ids must be >= 0, found {int(data[:, :2].min())}")
+    if data.shape[1] == 3 and (data[:, 2] != 0).any():
+        j = int(np.flatnonzero(data[:, 2] != 0)[0])
+        raise ValueError(f"{path.name}, line {j + 2}: x_label {int(data[j, 2])}; new "
+                         "interactions are training interactions (x_label 0)")
+    return data[:, 0].copy(), data[:, 1].copy()
 
 
 def save_mmrec(ds: Dataset, folder: PathLike) -> Path:

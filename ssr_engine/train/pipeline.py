@@ -95,6 +95,10 @@ class LargeRun:
         epochs, batch_size, lr, n_neg, patience, eval_every, eval_users,
             checkpoint_every: training settings (:class:`~ssr_engine.train.TrainConfig`;
             ``batch_size`` ``None``: :func:`~ssr_engine.train.trainer.default_batch_size`).
+        update, update_from, shrink: a file of new training interactions, the folder of the
+            run to continue with them, and the scale of the carried-over vectors
+            (:mod:`ssr_engine.train.update`; build these options with
+            :func:`~ssr_engine.train.update.update_options`).
     """
 
     out: Path = Path("runs/train_large")
@@ -140,6 +144,9 @@ class LargeRun:
     eval_every: int = 1
     eval_users: Optional[int] = 20000
     checkpoint_every: int = 0
+    update: Optional[Path] = None
+    update_from: Optional[Path] = None
+    shrink: float = 1.0
 
 
 class _Log:
@@ -273,6 +280,13 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         ds = _load(opts) if dataset is None else dataset
     timings["data"] = time.perf_counter() - t0
     log(f"[data] {ds}")
+    upd = None
+    if opts.update is not None:
+        from .update import Update
+        with log.phase("update", f"new interactions from {opts.update}"):
+            upd = Update(opts, ds)
+            ds = upd.dataset
+        log(f"[update] {upd.describe()}")
     n_train = int((ds.split == 0).sum())
     widths = sum(min(int(f.shape[1]), opts.d0) for f in ds.features.values())
     est = check_feasible(opts.approx, ds.n_users, ds.n_items, n_train, widths, opts.n_bands,
@@ -305,14 +319,24 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     # Sparse gradients keep a step's cost independent of N; NCCL cannot all-reduce them, so
     # a distributed run on GPUs updates the ID residual densely.
     sparse = not (opts.distributed and dist.get_backend() != "gloo")
-    with torch.random.fork_rng(devices=[]):
+
+    def build(g, source):
         torch.manual_seed(opts.seed)
-        model = SSRModel(graph, source=store.source(), dim=opts.dim, rank=opts.rank,
-                         id_prior=opts.id_prior, fusion=opts.fusion, band_mask=opts.band_mask,
-                         mask_p=opts.mask_p, lambda_mask=opts.lambda_mask,
-                         consistency=opts.consistency, align=opts.align,
-                         lambda_cl=opts.lambda_cl, tau=opts.tau, reg=opts.reg, loss=opts.loss,
-                         seed=opts.seed, sparse_residual=sparse).to(opts.device)
+        return SSRModel(g, source=source, dim=opts.dim, rank=opts.rank,
+                        id_prior=opts.id_prior, fusion=opts.fusion, band_mask=opts.band_mask,
+                        mask_p=opts.mask_p, lambda_mask=opts.lambda_mask,
+                        consistency=opts.consistency, align=opts.align,
+                        lambda_cl=opts.lambda_cl, tau=opts.tau, reg=opts.reg, loss=opts.loss,
+                        seed=opts.seed, sparse_residual=sparse).to(opts.device)
+
+    with torch.random.fork_rng(devices=[]):
+        model = build(graph, store.source())
+    carried = None
+    if upd is not None and not opts.resume:
+        t0 = time.perf_counter()
+        with log.phase("update", f"carrying the model of {opts.update_from} over"):
+            carried = upd.carry_over(model, graph, build)
+        timings["carry_over"] = time.perf_counter() - t0
     del graph
     gc.collect()
     batch = default_batch_size(n_train) if opts.batch_size is None else opts.batch_size
@@ -325,6 +349,16 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                       fresh=opts.fresh)
     for line in trainer.plan_lines():
         log(line)
+    before = None
+    if carried is not None:
+        t0 = time.perf_counter()
+        with log.phase("update", "ranking the test users before training"):
+            first = trainer.evaluate("test")
+        timings["before_training"] = time.perf_counter() - t0
+        before = {"test": first.summary(), "test_new_users": first.summary(upd.new_users)}
+        log(f"[update] before training: test recall@20 {before['test']['recall@20']:.4f}, "
+            f"{before['test_new_users']['n_users']} new users "
+            f"{before['test_new_users']['recall@20']:.4f}")
     res = trainer.fit()
     report = {
         "dataset": ds.name, "pipeline": "stored", "n_users": ds.n_users, "n_items": ds.n_items,
@@ -343,6 +377,14 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                                                     * trainer.steps_per_epoch),
         "wall_seconds": time.perf_counter() - t_start, "history": res.history,
         "command": " ".join(sys.argv)}
+    if upd is not None:
+        g = upd.growth
+        report["update"] = {
+            "from": str(opts.update_from), "file": str(opts.update), "added": g.added,
+            "users": int(g.users.size), "items": int(g.items.size), "new_user_ids": g.new_users,
+            "new_item_ids": g.new_items, "new_users": int(upd.new_users.size),
+            "carried_over": carried, "before_training": before,
+            "test_new_users": trainer.test_result.summary(upd.new_users)}
     if rank == 0:
         with atomic_write(out / "metrics.json", "w") as fh:
             fh.write(json.dumps(report, indent=1))

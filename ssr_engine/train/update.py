@@ -1,0 +1,178 @@
+"""Fold new interactions into a trained run without starting over (``train_large.py --update``).
+
+``python examples/train_large.py --update NEW.inter --from RUN --out NEW_DIR``:
+
+1. reads ``RUN/metrics.json`` (the run's options) and checks that ``RUN`` is a finished run
+   of the stored pipeline whose data have not changed since (the checkpoint's fingerprint);
+2. appends the new training interactions (:func:`~ssr_engine.data.read_new_interactions`,
+   :meth:`~ssr_engine.data.Dataset.add_training`: duplicates, pairs of the validation or
+   test split, ids of another dataset and new items without features are refused);
+3. computes the band store of the grown graph in ``NEW_DIR/bands`` (the run's band settings);
+4. carries the trained model over (:func:`~ssr_engine.nn.transfer.transfer_ssr`: what it
+   learned stays, new users and items start from their neighbours' band vectors, and every
+   vector is scaled by ``--shrink``, default :data:`UPDATE_SHRINK`), ranks the
+   test users once before any training (``update.before_training`` in the metrics, with the
+   users that the update brought their first interactions), and
+5. trains on for at most ``--epochs`` (default :data:`UPDATE_EPOCHS`) with early stopping.
+
+``RUN`` is only read: its checkpoint, metrics and band store are never written.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+
+from ..data import Dataset, read_new_interactions
+from ..nn.transfer import transfer_ssr
+from .checkpoint import read_checkpoint
+from .store import BandStore
+
+__all__ = ["Update", "replay", "update_options", "UPDATE_EPOCHS", "UPDATE_PATIENCE",
+           "UPDATE_SHRINK", "UPDATE_FLAGS"]
+
+#: default bound on the epochs of an update (chosen on validation, see the README).
+UPDATE_EPOCHS = 12
+#: default early-stopping patience of an update.
+UPDATE_PATIENCE = 5
+#: default scale of the carried-over vectors (``transfer_ssr``'s ``shrink``), chosen on
+#: validation (see the README).
+UPDATE_SHRINK = 0.35
+#: options an update may set; the others are those of the run it updates.
+UPDATE_FLAGS = ("out", "resume", "fresh", "quiet", "threads", "device", "epochs", "patience",
+                "eval_every", "eval_users", "checkpoint_every", "lr", "data", "shrink")
+
+
+def _read_json(path: Path) -> Dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read as the metrics of a finished run ({e})")
+
+
+def update_options(new_file, from_dir, **given):
+    """The :class:`~ssr_engine.train.pipeline.LargeRun` of an update: the options of the run
+    in ``from_dir`` with those of ``given`` (names in :data:`UPDATE_FLAGS`) replaced.
+
+    Raises:
+        ValueError: when ``from_dir`` is not a finished run of the stored pipeline, when an
+            option outside :data:`UPDATE_FLAGS` is given, or when ``out`` is ``from_dir``.
+    """
+    from .pipeline import LargeRun
+
+    from_dir = Path(from_dir)
+    if not (from_dir / "checkpoint.pt").is_file():
+        raise ValueError(f"--from {from_dir}: no checkpoint.pt there; --from takes the output "
+                         "folder of a finished run")
+    metrics = from_dir / "metrics.json"
+    if not metrics.is_file():
+        raise ValueError(f"--from {from_dir}: no metrics.json there (the run did not finish); "
+                         "finish it with --resume first")
+    saved = _read_json(metrics)
+    if saved.get("pipeline") != "stored" or "options" not in saved:
+        raise ValueError(f"--from {from_dir}: that run trained {saved.get('model', 'SSR')} "
+                         f"{saved.get('pipeline', '?')}; --update continues SSR runs of the "
+                         "stored pipeline (--pipeline stored)")
+    extra = sorted(set(given) - set(UPDATE_FLAGS))
+    if extra:
+        raise ValueError("--" + ", --".join(e.replace("_", "-") for e in extra) + " cannot be "
+                         "changed by an update: the model and its bands keep the settings of "
+                         f"the run in {from_dir}")
+    opts = dict(saved["options"])
+    for name in ("out", "data", "store_dir", "update", "update_from"):
+        if opts.get(name) is not None:
+            opts[name] = Path(opts[name])
+    if isinstance(opts.get("synthetic"), list):
+        opts["synthetic"] = tuple(opts["synthetic"])
+    opts.update(resume=False, fresh=False, store_dir=None, epochs=UPDATE_EPOCHS,
+                patience=UPDATE_PATIENCE, shrink=UPDATE_SHRINK)
+    opts.update({k: v for k, v in given.items() if v is not None})
+    out = Path(opts["out"])
+    if out.resolve() == from_dir.resolve() or from_dir.resolve() in out.resolve().parents:
+        raise ValueError(f"--out {out} is (inside) the run being updated; the update writes a "
+                         "new folder and leaves the old run as it is")
+    opts.update(update=Path(new_file), update_from=from_dir)
+    known = set(LargeRun.__dataclass_fields__)
+    return LargeRun(**{k: v for k, v in opts.items() if k in known})
+
+
+def replay(ds: Dataset, run_dir: Path) -> Dataset:
+    """The dataset the run in ``run_dir`` trained on: ``ds`` (its data folder's) plus the
+    new interactions of the updates that led to it, oldest first."""
+    options = _read_json(run_dir / "metrics.json").get("options", {})
+    if options.get("update") is None:
+        return ds
+    ds = replay(ds, Path(options["update_from"]))
+    return ds.add_training(*read_new_interactions(options["update"]))[0]
+
+
+class Update:
+    """The data and the trained model of the run being updated.
+
+    Args:
+        opts: the update's options (:func:`update_options`).
+        old: the run's dataset (loaded from its data folder).
+
+    Attributes:
+        dataset: the dataset with the new training interactions.
+        growth: what changed in the training graph (:class:`~ssr_engine.graph.Growth`).
+        new_users: users whose first training interactions the update brought.
+
+    Raises:
+        ValueError: on a bad file of new interactions, or data that changed since the run.
+    """
+
+    def __init__(self, opts, old: Dataset):
+        from .trainer import _fingerprint
+
+        old = replay(old, Path(opts.update_from))
+        self.opts, self.old = opts, old
+        self.ckpt = read_checkpoint(Path(opts.update_from) / "checkpoint.pt")
+        saved = self.ckpt.get("config", {}).get("data")
+        if saved != _fingerprint(old):
+            raise ValueError(f"the data of {opts.update_from} changed since it was trained "
+                             f"(checkpoint {saved}, now {_fingerprint(old)}): --update needs "
+                             "the data the run was trained on")
+        users, items = read_new_interactions(opts.update)
+        self.dataset, self.growth = old.add_training(users, items)
+        before = np.bincount(old.interactions("train")[0], minlength=self.dataset.n_users)
+        self.new_users = np.flatnonzero(before[np.unique(users)] == 0)
+        self.new_users = np.unique(users)[self.new_users]
+
+    def describe(self) -> str:
+        g = self.growth
+        return (f"{g.added} new training interactions: {g.users.size} users ({g.new_users} new "
+                f"ids, {self.new_users.size} without earlier interactions) and {g.items.size} "
+                f"items ({g.new_items} new ids)")
+
+    def carry_over(self, model, graph, build) -> Dict:
+        """Initialise ``model`` (built on the grown ``graph``) from the run's best state.
+
+        Args:
+            model: the new :class:`~ssr_engine.SSRModel`.
+            graph: the grown training graph.
+            build: ``build(graph, source)`` -> a model with the run's settings.
+        """
+        from_dir = Path(self.opts.update_from)
+        saved_dir = _read_json(from_dir / "metrics.json")["options"].get("store_dir")
+        store_dir = Path(saved_dir) if saved_dir else from_dir / "bands"
+        saved = self.ckpt["config"]["model"]["source"]
+        store = BandStore.open(store_dir, saved["store"])
+        source = store.source()
+        if source.identity != saved:
+            raise ValueError(f"the band store {store_dir} is not the one the run was trained "
+                             "on (its basis checksum differs)")
+        old_graph = self.old.train_graph()
+        with torch.random.fork_rng(devices=[]):
+            old = build(old_graph, source)
+        best = self.ckpt["best"]["state"]
+        if best is None:
+            raise ValueError(f"{from_dir}: the checkpoint holds no best state (no evaluation "
+                             "was run)")
+        old.load_state_dict(best)
+        old.to(model.device)
+        return transfer_ssr(old.eval(), old_graph, model, graph, shrink=self.opts.shrink)
+

@@ -1,0 +1,133 @@
+"""train_large.py --update: folding new interactions into a finished run, and its bad inputs."""
+import hashlib
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssr_engine.data import save_mmrec, synthetic_dataset
+
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_large.py"
+BASE = ["--pipeline", "stored", "--approx", "chebyshev", "--d0", "8", "--dim", "16",
+        "--order", "16", "--id-basis", "16", "--eval-users", "0", "--quiet", "--threads", "1"]
+
+
+def _write_inter(path, rows, header="userID\titemID\tx_label"):
+    path.write_text(header + "\n" + "".join("\t".join(str(x) for x in r) + "\n" for r in rows))
+    return path
+
+
+def _tree(folder):
+    """Every file under ``folder`` with its size, mtime and checksum."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                         hashlib.sha1(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def script():
+    return runpy.run_path(str(SCRIPT), run_name="train_large")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, script):
+    """A dataset whose training split lost 10% of its rows, a run trained on it, and the
+    held-out rows (plus a new user) as the file of new interactions."""
+    root = tmp_path_factory.mktemp("update")
+    ds = synthetic_dataset(300, 150, 4500, modalities={"text": 8}, seed=2)
+    train = np.flatnonzero(ds.split == 0)
+    held = np.random.default_rng(0).choice(train, train.size // 10, replace=False)
+    # one user loses all its training rows: the update brings its first interactions
+    lone = int(ds.user_ids[train[0]])
+    held = np.union1d(held, train[ds.user_ids[train] == lone])
+    keep = np.setdiff1d(np.arange(ds.split.size), held)
+    base = type(ds)(ds.user_ids[keep], ds.item_ids[keep], ds.split[keep], ds.n_users,
+                    ds.n_items, ds.features, name="toy")
+    save_mmrec(base, root / "data")
+    new_rows = [(int(ds.user_ids[j]), int(ds.item_ids[j]), 0) for j in held]
+    new_rows += [(300, 3, 0), (300, 7, 0), (300, 11, 0)]          # a brand-new user id
+    new = _write_inter(root / "new.inter", new_rows)
+    script["main"](["--data", str(root / "data"), *BASE, "--epochs", "2", "--seed", "1",
+                    "--out", str(root / "run")])
+    return {"root": root, "new": new, "run": root / "run", "lone": lone, "ds": base}
+
+
+def test_update_carries_the_model_over_and_trains_on(setup, script):
+    root, run = setup["root"], setup["run"]
+    before = _tree(run)
+    out = root / "updated"
+    script["main"](["--update", str(setup["new"]), "--from", str(run), "--out", str(out),
+                    "--epochs", "2", "--quiet"])
+    assert _tree(run) == before                       # the old run is only read
+    m = json.loads((out / "metrics.json").read_text())
+    up = m["update"]
+    assert up["added"] == sum(1 for _ in open(setup["new"])) - 1
+    assert up["new_user_ids"] == 1 and up["new_users"] == 2         # id 300 and the lone user
+    assert up["carried_over"]["extended"] >= 2
+    assert m["n_users"] == 301 and m["epochs_run"] <= 2
+    assert up["before_training"]["test"]["recall@20"] > 0
+    # the model settings are the run's; the graph is the grown one
+    old = json.loads((run / "metrics.json").read_text())
+    for k in ("dim", "d0", "order", "id_basis", "fusion", "n_bands"):
+        assert m["options"][k] == old["options"][k]
+    assert m["n_train"] == old["n_train"] + up["added"]
+    # an update of the update replays the chain of new interactions
+    more = _write_inter(root / "more.inter", [(300, 20, 0), (300, 21, 0)])
+    script["main"](["--update", str(more), "--from", str(out), "--out", str(root / "again"),
+                    "--epochs", "1", "--quiet"])
+    again = json.loads((root / "again" / "metrics.json").read_text())
+    assert again["n_train"] == m["n_train"] + 2
+
+
+def _fails(script, capsys, argv, match):
+    with pytest.raises(SystemExit) as e:
+        script["main"](argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Traceback" not in err and match in err, err
+    return err
+
+
+@pytest.mark.parametrize("rows,header,match", [
+    ("dup", None, "already in the graph"),
+    ("test", None, "would leak the answers"),
+    ("far", None, "is this the same dataset"),
+    ("ok", "user\titem\tx_label", "lacks columns"),
+    ("label", None, "new interactions are training interactions"),
+    ("twice", None, "listed more than once"),
+    ("newitem", None, "a new item needs its feature rows"),
+])
+def test_bad_files_of_new_interactions_are_refused(setup, script, capsys, rows, header, match,
+                                                   tmp_path):
+    ds = setup["ds"]
+    u, i = ds.interactions("train")
+    tu, ti = ds.interactions("test")
+    table = {"dup": [(u[0], i[0], 0)], "test": [(tu[0], ti[0], 0)],
+             "far": [(50_000, 1, 0)], "ok": [(300, 1, 0)], "label": [(300, 1, 1)],
+             "twice": [(300, 1, 0), (300, 1, 0)], "newitem": [(0, 150, 0)]}[rows]
+    f = _write_inter(tmp_path / "new.inter", table,
+                     **({} if header is None else {"header": header}))
+    before = _tree(setup["run"])
+    _fails(script, capsys, ["--update", str(f), "--from", str(setup["run"]), "--out",
+                            str(tmp_path / "o")], match)
+    assert _tree(setup["run"]) == before
+    assert not (tmp_path / "o" / "checkpoint.pt").exists()
+
+
+def test_bad_update_commands_are_refused(setup, script, capsys, tmp_path):
+    run, new = str(setup["run"]), str(setup["new"])
+    _fails(script, capsys, ["--update", new, "--out", str(tmp_path / "o")], "go together")
+    _fails(script, capsys, ["--update", new, "--from", run], "needs --out")
+    _fails(script, capsys, ["--update", new, "--from", run, "--out", run],
+           "leaves the old run as it is")
+    _fails(script, capsys, ["--update", new, "--from", run, "--out", str(tmp_path / "o"),
+                            "--dim", "32"], "--dim cannot be changed by an update")
+    _fails(script, capsys, ["--update", new, "--from", str(tmp_path), "--out",
+                            str(tmp_path / "o")], "no checkpoint.pt there")
+    mem = tmp_path / "mem"
+    script["main"](["--model", "mf", "--synthetic", "300,150,4500", "--epochs", "1", "--quiet",
+                    "--dim", "8", "--out", str(mem)])
+    _fails(script, capsys, ["--update", new, "--from", str(mem), "--out", str(tmp_path / "o")],
+           "continues SSR runs of the stored pipeline")
