@@ -27,15 +27,23 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, required=True, help="MMRec folder")
     p.add_argument("--fraction", type=float, default=0.1,
                    help="share of the training interactions to hold out (default 0.1)")
+    p.add_argument("--new-users", type=float, default=0.0,
+                   help="also hold out every training interaction of this share of the users "
+                        "with at most 5 interactions, who come back as new users (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     if not 0.0 < a.fraction < 1.0:
         p.error(f"--fraction must be in (0, 1), got {a.fraction}")
+    if not 0.0 <= a.new_users < 1.0:
+        p.error(f"--new-users must be in [0, 1), got {a.new_users}")
     ds = load_mmrec(a.data, modalities=[])
     train = np.flatnonzero(ds.split == 0)
     rng = np.random.default_rng([a.seed, 0x5B1])
-    held = np.sort(rng.choice(train, int(round(a.fraction * train.size)), replace=False))
+    held = rng.choice(train, int(round(a.fraction * train.size)), replace=False)
+    cold = ds.cold_users(5)
+    gone = rng.choice(cold, int(round(a.new_users * cold.size)), replace=False)
+    held = np.union1d(held, train[np.isin(ds.user_ids[train], gone)])
     keep = np.ones(ds.split.size, dtype=bool)
     keep[held] = False
     base = a.out / "base"
@@ -50,8 +58,8 @@ def main(argv=None) -> None:
         link = base / f.name
         if not link.exists():
             os.symlink(f.resolve(), link)
-    print(f"{held.size} of {train.size} training interactions held out -> {a.out / 'new.inter'}; "
-          f"the rest -> {base}")
+    print(f"{held.size} of {train.size} training interactions held out ({gone.size} users "
+          f"with all of theirs) -> {a.out / 'new.inter'}; the rest -> {base}")
 
 
 if __name__ == "__main__":

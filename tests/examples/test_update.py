@@ -126,8 +126,42 @@ def test_bad_update_commands_are_refused(setup, script, capsys, tmp_path):
                             "--dim", "32"], "--dim cannot be changed by an update")
     _fails(script, capsys, ["--update", new, "--from", str(tmp_path), "--out",
                             str(tmp_path / "o")], "no checkpoint.pt there")
+    changed = tmp_path / "changed"                  # the run's data, one training row fewer
+    changed.mkdir()
+    lines = (setup["root"] / "data" / "toy.inter").read_text().splitlines(keepends=True)
+    drop = next(j for j, line in enumerate(lines) if line.rstrip().endswith("\t0"))
+    (changed / "toy.inter").write_text("".join(lines[:drop] + lines[drop + 1:]))
+    for f in (setup["root"] / "data").glob("*_feat.npy"):
+        (changed / f.name).write_bytes(f.read_bytes())
+    _fails(script, capsys, ["--update", new, "--from", run, "--out", str(tmp_path / "o"),
+                            "--data", str(changed)], "changed since it was trained")
+    _fails(script, capsys, ["--model", "mf", "--shrink", "0.5"], "--shrink is used by --update")
     mem = tmp_path / "mem"
     script["main"](["--model", "mf", "--synthetic", "300,150,4500", "--epochs", "1", "--quiet",
                     "--dim", "8", "--out", str(mem)])
     _fails(script, capsys, ["--update", new, "--from", str(mem), "--out", str(tmp_path / "o")],
            "continues SSR runs of the stored pipeline")
+
+
+def test_update_split_holds_out_training_rows_only(tmp_path):
+    split = runpy.run_path(str(SCRIPT.parent / "update_split.py"), run_name="split")
+    ds = synthetic_dataset(600, 200, 3600, modalities={"text": 4}, seed=5)
+    save_mmrec(ds, tmp_path / "d")
+    split["main"](["--data", str(tmp_path / "d"), "--seed", "3", "--new-users", "0.5",
+                   "--out", str(tmp_path / "o")])
+    from ssr_engine.data import load_mmrec, read_new_interactions
+    base = load_mmrec(tmp_path / "o" / "base")
+    nu, ni = read_new_interactions(tmp_path / "o" / "new.inter")
+    for which in ("valid", "test"):                         # unchanged
+        assert np.array_equal(np.sort(base.interactions(which)[0] * 1000 + base.interactions(which)[1]),
+                              np.sort(ds.interactions(which)[0] * 1000 + ds.interactions(which)[1]))
+    n_train = int((ds.split == 0).sum())
+    assert (base.split == 0).sum() + nu.size == n_train and nu.size >= round(0.1 * n_train)
+    # half of the users with <= 5 interactions lost every training row
+    cold = ds.cold_users(5)
+    assert cold.size > 10
+    left = np.bincount(base.interactions("train")[0], minlength=ds.n_users)[cold]
+    assert (left == 0).sum() >= round(0.5 * cold.size)
+    assert (tmp_path / "o" / "base" / "text_feat.npy").exists()
+    merged, _ = base.add_training(nu, ni)                    # the two parts make the whole
+    assert (merged.split == 0).sum() == n_train
