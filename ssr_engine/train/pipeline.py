@@ -307,14 +307,16 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                 graph, ds.features, store_dir, approx=opts.approx, n_bands=opts.n_bands,
                 order=opts.order, k=opts.k, d0=opts.d0, reduce=opts.reduce, seed=opts.seed,
                 delta=opts.delta, store_dtype=opts.store_dtype, distributed=opts.distributed,
-                quiet=opts.quiet, id_k=opts.id_basis, expect_key=saved_key)
+                quiet=opts.quiet, id_k=opts.id_basis, expect_key=saved_key,
+                keep_edges=None if upd is None else upd.old_plan())
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise _kept(e, ckpt) from e
             raise
     timings["bands"] = time.perf_counter() - t0
     log(f"[bands] {plan.method}, order {plan.order}, edges "
-        + ", ".join(f"{x:.3f}" for x in plan.edges)
+        + ", ".join(f"{x:.3f}" for x in plan.edges) + (" (kept from the run updated)"
+                                                        if plan.kept else "")
         + ("" if plan.shares is None else "; shares " + ", ".join(f"{x:.2f}" for x in plan.shares)))
     # Sparse gradients keep a step's cost independent of N; NCCL cannot all-reduce them, so
     # a distributed run on GPUs updates the ID residual densely.
@@ -355,10 +357,11 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         with log.phase("update", "ranking the test users before training"):
             first = trainer.evaluate("test")
         timings["before_training"] = time.perf_counter() - t0
-        before = {"test": first.summary(), "test_new_users": first.summary(upd.new_users)}
-        log(f"[update] before training: test recall@20 {before['test']['recall@20']:.4f}, "
-            f"{before['test_new_users']['n_users']} new users "
-            f"{before['test_new_users']['recall@20']:.4f}")
+        before = {"test": first.summary(), "test_new_users": upd.group(first)}
+        news = before["test_new_users"]
+        log(f"[update] before training: test recall@20 {before['test']['recall@20']:.4f}"
+            + (f", {news['n_users']} new users {news['recall@20']:.4f}" if news["n_users"]
+               else ", no new users among the test users"))
     res = trainer.fit()
     report = {
         "dataset": ds.name, "pipeline": "stored", "n_users": ds.n_users, "n_items": ds.n_items,
@@ -384,7 +387,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
             "users": int(g.users.size), "items": int(g.items.size), "new_user_ids": g.new_users,
             "new_item_ids": g.new_items, "new_users": int(upd.new_users.size),
             "carried_over": carried, "before_training": before,
-            "test_new_users": trainer.test_result.summary(upd.new_users)}
+            "test_new_users": upd.group(trainer.test_result)}
     if rank == 0:
         with atomic_write(out / "metrics.json", "w") as fh:
             fh.write(json.dumps(report, indent=1))

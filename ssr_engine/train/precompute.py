@@ -42,12 +42,13 @@ from ..graph import InteractionGraph
 from ..graph.partition import PartitionedOperator
 from ..nn.sources import PROBE_COLS, id_basis, id_basis_k, reduce_features, white_probe
 from ..spectral import SpectralBands
-from ..spectral.bands import (AUTO_EXACT_ENTRIES, auto_orders, chebyshev_plan,
-                              exact_memory_estimate)
+from ..spectral.bands import (AUTO_EXACT_ENTRIES, ORDER_SHARE_TOL, auto_orders,
+                              chebyshev_plan, exact_memory_estimate)
+from ..spectral.edges import band_energies
 from .store import BandStore, BandWriter, key_diff, store_nbytes
 
 __all__ = ["APPROX", "BandPlan", "Estimate", "check_feasible", "estimate_cost",
-           "precompute_bands", "resolve_approx"]
+           "precompute_bands", "resolve_approx", "kept_plan"]
 
 APPROX = ("auto", "exact", "eigen", "lobpcg", "chebyshev")
 #: the largest smaller side for which "auto" picks "exact" (SpectralBands' dense-SVD route).
@@ -278,6 +279,7 @@ class BandPlan:
         shares: each band's share of the probe's energy.
         atoms: ``[(λ, fraction)]`` point masses of the probe's energy.
         delta: spectral padding of ``L̃``.
+        kept: the edges (and order) were kept from an earlier plan (:func:`kept_plan`).
     """
 
     method: str
@@ -288,6 +290,7 @@ class BandPlan:
     shares: Optional[List[float]] = None
     atoms: List[Tuple[float, float]] = field(default_factory=list)
     delta: float = 0.01
+    kept: bool = False
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -303,6 +306,39 @@ def band_plan(moments: np.ndarray, n_bands: int, orders, delta: float) -> BandPl
     return BandPlan("chebyshev", int(n_bands), edges, plan.order,
                     np.asarray(plan.coeffs).tolist(), [float(s) for s in plan.shares],
                     [(lam(a.t), float(a.fraction)) for a in plan.atoms], delta)
+
+
+def kept_plan(moments: np.ndarray, old: BandPlan, n_bands: int, delta: float
+              ) -> Tuple[Optional[BandPlan], float]:
+    """``old``'s edges, order and filters for a graph whose spectrum has not moved, else None.
+
+    The test: the new probe's energy shares under ``old``'s filters (from the new graph's
+    moments) lie within ``ORDER_SHARE_TOL / M`` of ``old``'s shares — the tolerance within
+    which the order rule calls two plans the same. Then the bands of the grown graph cover
+    the same frequency ranges with the same balance, and keeping the edges keeps band ``b``
+    meaning what it meant to the trained model (on an ID-only bipartite graph a fresh plan
+    may otherwise put two bands on the other side of the ``λ = 1`` atom).
+
+    Returns:
+        ``(plan or None, the largest share difference)``.
+
+    Example:
+        >>> mom = np.r_[1.0, np.zeros(63)]                 # a flat spectrum
+        >>> old = band_plan(mom, 2, (32,), 0.01)
+        >>> kept_plan(mom, old, 2, 0.01)[0].kept
+        True
+    """
+    if (old.method != "chebyshev" or old.order is None or old.n_bands != n_bands
+            or old.delta != delta or len(moments) < 2 * old.order or old.shares is None):
+        return None, float("inf")
+    E = np.asarray(band_energies(np.asarray(moments)[:2 * old.order], np.asarray(old.coeffs)),
+                   dtype=np.float64)
+    shares = E / E.sum()
+    moved = float(np.abs(shares - np.asarray(old.shares)).max())
+    if moved > ORDER_SHARE_TOL / n_bands:
+        return None, moved
+    return BandPlan(old.method, n_bands, list(old.edges), old.order, old.coeffs,
+                    [float(x) for x in shares], list(old.atoms), delta, kept=True), moved
 
 
 def _moments(op, x: torch.Tensor, K: int, rows: _Rows, tick: Callable[[], None]) -> np.ndarray:
@@ -331,15 +367,21 @@ class _Ticking:
         return y
 
 
+def features_key(features: Mapping[str, np.ndarray]) -> Dict:
+    """The part of a band store's key that identifies the item features (shape and CRC-32
+    of each modality)."""
+    return {name: [list(np.shape(f)), zlib.crc32(np.ascontiguousarray(f, np.float32).tobytes())]
+            for name, f in features.items()}
+
+
 def _store_key(graph: InteractionGraph, features: Mapping[str, np.ndarray], approx: str,
                n_bands: int, order, k, d0: int, reduce: str, seed: int, delta: float,
                dtype: str, compute_dtype: torch.dtype, id_k: Optional[int]) -> Dict:
     R = graph.interaction_matrix()
     crc = zlib.crc32(R.indptr.astype(np.int64).tobytes())
     crc = zlib.crc32(R.indices.astype(np.int64).tobytes(), crc)
-    feats = {name: [list(np.shape(f)), zlib.crc32(np.ascontiguousarray(f, np.float32).tobytes())]
-             for name, f in features.items()}
-    return {"graph": [graph.n_users, graph.n_items, int(R.nnz), crc], "features": feats,
+    return {"graph": [graph.n_users, graph.n_items, int(R.nnz), crc],
+            "features": features_key(features),
             "approx": approx, "n_bands": n_bands, "order": order, "k": k, "d0": d0,
             "reduce": reduce, "seed": seed, "delta": delta, "dtype": dtype,
             "compute_dtype": str(compute_dtype).split(".")[-1],
@@ -353,7 +395,8 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
                      store_dtype: str = "float32", compute_dtype: torch.dtype = torch.float32,
                      distributed: bool = False, quiet: bool = False,
                      chunk_bytes: int = 1 << 30, id_k: Optional[int] = None,
-                     expect_key: Optional[Dict] = None) -> Tuple[BandStore, BandPlan]:
+                     expect_key: Optional[Dict] = None, keep_edges: Optional[BandPlan] = None
+                     ) -> Tuple[BandStore, BandPlan]:
     """Compute the band features of every modality once and store them (or reuse the store).
 
     All modalities share one set of band edges, balanced on a random probe of the content
@@ -389,6 +432,9 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
             :func:`~ssr_engine.nn.sources.default_id_basis`; computed by process 0 alone).
         expect_key: the key of the store a checkpoint was trained on (resuming): other
             inputs are refused before anything is computed or written.
+        keep_edges: the plan of an earlier store (``"chebyshev"``; an update of a grown
+            graph): its edges are kept when :func:`kept_plan` finds that the spectrum has not
+            moved, else new ones are placed (``plan.kept`` says which).
 
     Returns:
         ``(store, plan)``.
@@ -420,6 +466,8 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
         raise ValueError("'id' names the ID modality; rename the content modality 'id'")
     key = _store_key(graph, features, approx, n_bands, order, k, d0, reduce, seed, delta,
                      store_dtype, compute_dtype, id_k)
+    if keep_edges is not None and approx == "chebyshev":
+        key["keep_edges"] = [list(keep_edges.edges), keep_edges.order]
     diff = key_diff(expect_key, key) if expect_key is not None else ""
     if diff:
         raise ValueError(f"these band settings differ from those of the store the checkpoint "
@@ -464,6 +512,8 @@ def precompute_bands(graph: InteractionGraph, features: Mapping[str, np.ndarray]
                   dynamic_ncols=True) as bar:
             mom = _moments(L, probe, max(orders), rows, lambda: bar.update(1))
         plan = band_plan(mom, n_bands, orders, delta)
+        if keep_edges is not None:
+            plan = kept_plan(mom, keep_edges, n_bands, delta)[0] or plan
         sb = None
     else:
         method, solver = ("eigen", "lobpcg") if approx == "lobpcg" else (approx, "auto")

@@ -7,7 +7,9 @@
 2. appends the new training interactions (:func:`~ssr_engine.data.read_new_interactions`,
    :meth:`~ssr_engine.data.Dataset.add_training`: duplicates, pairs of the validation or
    test split, ids of another dataset and new items without features are refused);
-3. computes the band store of the grown graph in ``NEW_DIR/bands`` (the run's band settings);
+3. computes the band store of the grown graph in ``NEW_DIR/bands`` (the run's band settings;
+   the run's Chebyshev band edges are kept when the spectrum has not moved, see
+   :func:`~ssr_engine.train.precompute.kept_plan`);
 4. carries the trained model over (:func:`~ssr_engine.nn.transfer.transfer_ssr`: what it
    learned stays, new users and items start from their neighbours' band vectors, and every
    vector is scaled by ``--shrink``, default :data:`UPDATE_SHRINK`), ranks the
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -53,13 +55,53 @@ def _read_json(path: Path) -> Dict:
         raise ValueError(f"{path} cannot be read as the metrics of a finished run ({e})")
 
 
+def chain(run_dir) -> List[Path]:
+    """The run folders an update run descends from: ``run_dir``, the run it updated, …, back
+    to the run trained from scratch (absolute paths).
+
+    Raises:
+        ValueError: when a run of the chain is missing or unreadable, or the chain loops.
+    """
+    runs = [Path(run_dir).resolve()]
+    while True:
+        options = _read_json(runs[-1] / "metrics.json").get("options", {})
+        if options.get("update") is None:
+            return runs
+        prev = Path(options["update_from"]).resolve()
+        if prev in runs:
+            raise ValueError(f"the runs {' <- '.join(map(str, runs + [prev]))} form a loop (a "
+                             "run of the chain was overwritten by a later update)")
+        runs.append(prev)
+
+
+def _check_finished(from_dir: Path, saved: Dict) -> None:
+    """The checkpoint in ``from_dir`` is the one its ``metrics.json`` reports (a later run in
+    the folder, e.g. an interrupted ``--fresh`` one, would have replaced it)."""
+    try:
+        state = read_checkpoint(from_dir / "checkpoint.pt", mmap=True)
+    except ValueError as e:
+        raise ValueError(f"--from {from_dir}: its checkpoint cannot be read: "
+                         f"{str(e).split(';')[0]}") from e
+    model = state.get("config", {}).get("model", {})
+    options = saved.get("options", {})
+    same = (state.get("epoch") == saved.get("epochs_run")
+            and state.get("best", {}).get("epoch") == saved.get("best_epoch")
+            and all(model.get(k) == options.get(k) for k in ("dim", "rank", "fusion", "id_prior")))
+    if not same:
+        raise ValueError(f"--from {from_dir}: its checkpoint is not the one its metrics.json "
+                         "reports (a later run in that folder did not finish?); finish that run "
+                         "with --resume first")
+
+
 def update_options(new_file, from_dir, **given):
     """The :class:`~ssr_engine.train.pipeline.LargeRun` of an update: the options of the run
-    in ``from_dir`` with those of ``given`` (names in :data:`UPDATE_FLAGS`) replaced.
+    in ``from_dir`` with those of ``given`` (names in :data:`UPDATE_FLAGS`) replaced. Paths
+    are made absolute, so that the update can itself be updated from another folder.
 
     Raises:
         ValueError: when ``from_dir`` is not a finished run of the stored pipeline, when an
-            option outside :data:`UPDATE_FLAGS` is given, or when ``out`` is ``from_dir``.
+            option outside :data:`UPDATE_FLAGS` is given, when ``out`` is (inside) a run of
+            ``from_dir``'s chain, or when the run's data folder is not where it was.
     """
     from .pipeline import LargeRun
 
@@ -81,6 +123,8 @@ def update_options(new_file, from_dir, **given):
         raise ValueError("--" + ", --".join(e.replace("_", "-") for e in extra) + " cannot be "
                          "changed by an update: the model and its bands keep the settings of "
                          f"the run in {from_dir}")
+    _check_finished(from_dir, saved)
+    runs = chain(from_dir)
     opts = dict(saved["options"])
     for name in ("out", "data", "store_dir", "update", "update_from"):
         if opts.get(name) is not None:
@@ -90,11 +134,18 @@ def update_options(new_file, from_dir, **given):
     opts.update(resume=False, fresh=False, store_dir=None, epochs=UPDATE_EPOCHS,
                 patience=UPDATE_PATIENCE, shrink=UPDATE_SHRINK)
     opts.update({k: v for k, v in given.items() if v is not None})
-    out = Path(opts["out"])
-    if out.resolve() == from_dir.resolve() or from_dir.resolve() in out.resolve().parents:
-        raise ValueError(f"--out {out} is (inside) the run being updated; the update writes a "
-                         "new folder and leaves the old run as it is")
-    opts.update(update=Path(new_file), update_from=from_dir)
+    out = Path(opts["out"]).resolve()
+    for run in runs:
+        if out == run or run in out.parents:
+            raise ValueError(f"--out {opts['out']} is (inside) the run {run}, which this update "
+                             "descends from; the update writes a new folder and leaves the "
+                             "runs it builds on as they are")
+    if opts.get("data") is not None:
+        if not Path(opts["data"]).is_dir():
+            raise ValueError(f"the data folder of the run in {from_dir}, {opts['data']}, is not "
+                             "there (seen from this folder); pass --data with its place")
+        opts["data"] = Path(opts["data"]).resolve()
+    opts.update(update=Path(new_file).resolve(), update_from=runs[0], out=out)
     known = set(LargeRun.__dataclass_fields__)
     return LargeRun(**{k: v for k, v in opts.items() if k in known})
 
@@ -102,11 +153,13 @@ def update_options(new_file, from_dir, **given):
 def replay(ds: Dataset, run_dir: Path) -> Dataset:
     """The dataset the run in ``run_dir`` trained on: ``ds`` (its data folder's) plus the
     new interactions of the updates that led to it, oldest first."""
-    options = _read_json(run_dir / "metrics.json").get("options", {})
-    if options.get("update") is None:
-        return ds
-    ds = replay(ds, Path(options["update_from"]))
-    return ds.add_training(*read_new_interactions(options["update"]))[0]
+    for run in reversed(chain(run_dir)[:-1]):
+        new = Path(_read_json(run / "metrics.json")["options"]["update"])
+        if not new.is_file():
+            raise ValueError(f"the run {run} was updated with {new}, which is gone; the "
+                             "update chain needs every file of new interactions it used")
+        ds = ds.add_training(*read_new_interactions(new))[0]
+    return ds
 
 
 class Update:
@@ -129,6 +182,8 @@ class Update:
         from .trainer import _fingerprint
 
         old = replay(old, Path(opts.update_from))
+        from .precompute import features_key
+
         self.opts, self.old = opts, old
         self.ckpt = read_checkpoint(Path(opts.update_from) / "checkpoint.pt")
         saved = self.ckpt.get("config", {}).get("data")
@@ -136,17 +191,47 @@ class Update:
             raise ValueError(f"the data of {opts.update_from} changed since it was trained "
                              f"(checkpoint {saved}, now {_fingerprint(old)}): --update needs "
                              "the data the run was trained on")
+        store_key = self.ckpt["config"]["model"].get("source", {}).get("store", {})
+        if store_key.get("features") != features_key(old.features):
+            raise ValueError(f"the item features differ from those the run in "
+                             f"{opts.update_from} was trained on (modalities "
+                             f"{sorted(store_key.get('features', {}))}, now "
+                             f"{sorted(old.features)}, or their values): --update needs the "
+                             "data the run was trained on")
         users, items = read_new_interactions(opts.update)
         self.dataset, self.growth = old.add_training(users, items)
         before = np.bincount(old.interactions("train")[0], minlength=self.dataset.n_users)
         self.new_users = np.flatnonzero(before[np.unique(users)] == 0)
         self.new_users = np.unique(users)[self.new_users]
 
+    def group(self, result) -> Dict:
+        """Test metrics of :attr:`new_users` in a ranking result (``{"n_users": 0}`` when none
+        of them is a test user: no NaN in the metrics file)."""
+        out = result.summary(self.new_users)
+        return out if out["n_users"] else {"n_users": 0}
+
     def describe(self) -> str:
         g = self.growth
         return (f"{g.added} new training interactions: {g.users.size} users ({g.new_users} new "
                 f"ids, {self.new_users.size} without earlier interactions) and {g.items.size} "
                 f"items ({g.new_items} new ids)")
+
+    def old_store(self) -> BandStore:
+        """The run's band store (checked against the key its checkpoint was trained on)."""
+        from_dir = Path(self.opts.update_from)
+        saved_dir = _read_json(from_dir / "metrics.json")["options"].get("store_dir")
+        store_dir = Path(saved_dir) if saved_dir else from_dir / "bands"
+        try:
+            return BandStore.open(store_dir, self.ckpt["config"]["model"]["source"]["store"])
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"--update needs the band store the run in {from_dir} was "
+                             f"trained on: {e}") from e
+
+    def old_plan(self):
+        """The band plan of the run's store: the grown graph keeps its edges when the
+        spectrum has not moved (:func:`~ssr_engine.train.precompute.kept_plan`)."""
+        from .precompute import BandPlan
+        return BandPlan(**self.old_store().meta["info"]["plan"])
 
     def carry_over(self, model, graph, build) -> Dict:
         """Initialise ``model`` (built on the grown ``graph``) from the run's best state.
@@ -157,13 +242,10 @@ class Update:
             build: ``build(graph, source)`` -> a model with the run's settings.
         """
         from_dir = Path(self.opts.update_from)
-        saved_dir = _read_json(from_dir / "metrics.json")["options"].get("store_dir")
-        store_dir = Path(saved_dir) if saved_dir else from_dir / "bands"
-        saved = self.ckpt["config"]["model"]["source"]
-        store = BandStore.open(store_dir, saved["store"])
+        store = self.old_store()
         source = store.source()
-        if source.identity != saved:
-            raise ValueError(f"the band store {store_dir} is not the one the run was trained "
+        if source.identity != self.ckpt["config"]["model"]["source"]:
+            raise ValueError(f"the band store {store.root} is not the one the run was trained "
                              "on (its basis checksum differs)")
         old_graph = self.old.train_graph()
         with torch.random.fork_rng(devices=[]):

@@ -77,8 +77,20 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     more = _write_inter(root / "more.inter", [(300, 20, 0), (300, 21, 0)])
     script["main"](["--update", str(more), "--from", str(out), "--out", str(root / "again"),
                     "--epochs", "1", "--quiet"])
-    again = json.loads((root / "again" / "metrics.json").read_text())
+    text = (root / "again" / "metrics.json").read_text()
+    again = json.loads(text)
     assert again["n_train"] == m["n_train"] + 2
+    # no test user is new here: the group is {"n_users": 0}, not NaN metrics
+    assert "NaN" not in text and again["update"]["test_new_users"] == {"n_users": 0}
+    # the chain is recorded with absolute paths, so it can be updated from anywhere
+    for k in ("update", "update_from", "data", "out"):
+        assert Path(again["options"][k]).is_absolute()
+    # an update may not write over a run it descends from (that would make a loop)
+    for target in (run, out):
+        with pytest.raises(SystemExit):
+            script["main"](["--update", str(more), "--from", str(root / "again"), "--out",
+                            str(target), "--fresh", "--quiet"])
+    assert _tree(run) == before
 
 
 def _fails(script, capsys, argv, match):
@@ -121,7 +133,7 @@ def test_bad_update_commands_are_refused(setup, script, capsys, tmp_path):
     _fails(script, capsys, ["--update", new, "--out", str(tmp_path / "o")], "go together")
     _fails(script, capsys, ["--update", new, "--from", run], "needs --out")
     _fails(script, capsys, ["--update", new, "--from", run, "--out", run],
-           "leaves the old run as it is")
+           "leaves the runs it builds on")
     _fails(script, capsys, ["--update", new, "--from", run, "--out", str(tmp_path / "o"),
                             "--dim", "32"], "--dim cannot be changed by an update")
     _fails(script, capsys, ["--update", new, "--from", str(tmp_path), "--out",
@@ -136,6 +148,31 @@ def test_bad_update_commands_are_refused(setup, script, capsys, tmp_path):
     _fails(script, capsys, ["--update", new, "--from", run, "--out", str(tmp_path / "o"),
                             "--data", str(changed)], "changed since it was trained")
     _fails(script, capsys, ["--model", "mf", "--shrink", "0.5"], "--shrink is used by --update")
+    feats = tmp_path / "feats"                      # the same interactions, other features
+    feats.mkdir()
+    (feats / "toy.inter").write_bytes((setup["root"] / "data" / "toy.inter").read_bytes())
+    np.save(feats / "text_feat.npy", np.random.default_rng(0).standard_normal((150, 8)))
+    _fails(script, capsys, ["--update", new, "--from", run, "--out", str(tmp_path / "o"),
+                            "--data", str(feats)], "item features differ")
+    stale = tmp_path / "stale"                      # metrics.json of an earlier run in the folder
+    stale.mkdir()
+    for f in ("checkpoint.pt", "metrics.json"):
+        (stale / f).write_bytes((setup["run"] / f).read_bytes())
+    m = json.loads((stale / "metrics.json").read_text())
+    m["epochs_run"] += 5
+    (stale / "metrics.json").write_text(json.dumps(m))
+    _fails(script, capsys, ["--update", new, "--from", str(stale), "--out", str(tmp_path / "o")],
+           "is not the one its metrics.json reports")
+    (stale / "checkpoint.pt").write_bytes(b"")
+    _fails(script, capsys, ["--update", new, "--from", str(stale), "--out", str(tmp_path / "o")],
+           "its checkpoint cannot be read")
+    gone = _write_inter(tmp_path / "gone.inter", [(300, 5, 0)])   # a chain loses a file
+    script["main"](["--update", str(gone), "--from", run, "--out", str(tmp_path / "u1"),
+                    "--epochs", "1", "--quiet"])
+    gone.unlink()
+    more = _write_inter(tmp_path / "more.inter", [(300, 6, 0)])
+    _fails(script, capsys, ["--update", str(more), "--from", str(tmp_path / "u1"), "--out",
+                            str(tmp_path / "o")], "which is gone")
     mem = tmp_path / "mem"
     script["main"](["--model", "mf", "--synthetic", "300,150,4500", "--epochs", "1", "--quiet",
                     "--dim", "8", "--out", str(mem)])

@@ -168,6 +168,30 @@ def test_store_is_reused(ds, tmp_path, monkeypatch):
     assert other.meta["key"]["seed"] == 9
 
 
+def test_edges_are_kept_when_the_spectrum_has_not_moved(ds, tmp_path):
+    # the plan of a graph that grew by 3% keeps the old edges; a graph of another shape
+    # (a sparse ring-like graph instead of the power-law one) does not
+    g = ds.train_graph()
+    _, old = precompute_bands(g, ds.features, tmp_path / "a", n_bands=3, order=16, d0=4,
+                              quiet=True)
+    free = np.argwhere(g.interaction_matrix().toarray() == 0)
+    pick = np.random.default_rng(0).choice(free.shape[0], int(0.03 * g.n_edges), replace=False)
+    g2, _ = g.grow(free[pick, 0], free[pick, 1])
+    _, plan = precompute_bands(g2, ds.features, tmp_path / "b", n_bands=3, order=16, d0=4,
+                               quiet=True, keep_edges=old)
+    assert plan.kept and plan.edges == old.edges and plan.order == old.order
+    assert max(abs(a - b) for a, b in zip(plan.shares, old.shares)) <= 0.25 / 3
+    u = np.arange(300)
+    ring = ssr_engine.InteractionGraph(np.r_[u, u], np.r_[u % 200, (u + 1) % 200], 300, 200)
+    _, other = precompute_bands(ring, ds.features, tmp_path / "c", n_bands=3, order=16, d0=4,
+                                quiet=True, keep_edges=old)
+    assert not other.kept and other.edges != old.edges
+    moved = pre.kept_plan(np.asarray(pre._moments(
+        ring.scaled_laplacian(0.01), torch.randn(500, 4, generator=torch.Generator().manual_seed(0)), 16, pre._Rows(0, 500), lambda: None)),
+        old, 3, 0.01)[1]
+    assert moved > 0.25 / 3
+
+
 def test_white_probe_without_content(ds, tmp_path):
     store, plan = precompute_bands(ds.train_graph(), {}, tmp_path, n_bands=3, order=16, d0=4,
                                    quiet=True)
