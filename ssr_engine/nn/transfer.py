@@ -99,6 +99,10 @@ def transfer_ssr(old: SSRModel, old_graph: InteractionGraph, new: SSRModel,
             (1: the same model; see the module notes).
         block: rows per block when reading the basis.
 
+    Memory: a few ``[N, M, d]`` float32 tables (the band vectors and their neighbour
+    aggregates), about 5 GB at 1.5M nodes with ``M = 4`` and ``d = 64``; the basis is read by
+    row blocks.
+
     Returns:
         A report: ``known`` (nodes carried over), ``extended`` (nodes initialised from their
         neighbours), ``isolated`` (nodes without interactions in either graph, left at zero

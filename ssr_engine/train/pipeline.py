@@ -315,7 +315,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
             raise
     timings["bands"] = time.perf_counter() - t0
     log(f"[bands] {plan.method}, order {plan.order}, edges "
-        + ", ".join(f"{x:.3f}" for x in plan.edges) + (" (kept from the run updated)"
+        + ", ".join(f"{x:.3f}" for x in plan.edges) + (" (kept from the updated run)"
                                                         if plan.kept else "")
         + ("" if plan.shares is None else "; shares " + ", ".join(f"{x:.2f}" for x in plan.shares)))
     # Sparse gradients keep a step's cost independent of N; NCCL cannot all-reduce them, so

@@ -3,7 +3,8 @@
 ``python examples/train_large.py --update NEW.inter --from RUN --out NEW_DIR``:
 
 1. reads ``RUN/metrics.json`` (the run's options) and checks that ``RUN`` is a finished run
-   of the stored pipeline whose data have not changed since (the checkpoint's fingerprint);
+   of the stored pipeline (its checkpoint the one its metrics report) whose training data
+   and item features have not changed since; an updated run's chain of files is replayed;
 2. appends the new training interactions (:func:`~ssr_engine.data.read_new_interactions`,
    :meth:`~ssr_engine.data.Dataset.add_training`: duplicates, pairs of the validation or
    test split, ids of another dataset and new items without features are refused);
@@ -179,11 +180,10 @@ class Update:
     """
 
     def __init__(self, opts, old: Dataset):
+        from .precompute import features_key
         from .trainer import _fingerprint
 
         old = replay(old, Path(opts.update_from))
-        from .precompute import features_key
-
         self.opts, self.old = opts, old
         self.ckpt = read_checkpoint(Path(opts.update_from) / "checkpoint.pt")
         saved = self.ckpt.get("config", {}).get("data")
@@ -201,8 +201,8 @@ class Update:
         users, items = read_new_interactions(opts.update)
         self.dataset, self.growth = old.add_training(users, items)
         before = np.bincount(old.interactions("train")[0], minlength=self.dataset.n_users)
-        self.new_users = np.flatnonzero(before[np.unique(users)] == 0)
-        self.new_users = np.unique(users)[self.new_users]
+        touched = np.unique(users)
+        self.new_users = touched[before[touched] == 0]
 
     def group(self, result) -> Dict:
         """Test metrics of :attr:`new_users` in a ranking result (``{"n_users": 0}`` when none
