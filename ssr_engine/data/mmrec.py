@@ -55,6 +55,29 @@ def _check_fields(inter: Path, n_fields: int) -> None:
                                                          if bad.size > 1 else ""))
 
 
+def _int_columns(path: Path, need, optional=()) -> np.ndarray:
+    """The integer columns ``need`` (then those of ``optional`` the header has) of a
+    tab-separated file with a header: ``[E, c]`` int64. A header without a needed column, a
+    line with another number of fields, a value that is not an integer, or no rows at all
+    are refused, naming the file."""
+    with open(path) as fh:
+        header = fh.readline().rstrip("\r\n").split("\t")
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise ValueError(f"{path.name}: header {header} lacks columns {missing}; expected a "
+                         f"tab-separated MMRec file with {', '.join(need)}")
+    _check_fields(path, len(header))
+    cols = list(need) + [c for c in optional if c in header]
+    try:
+        data = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=[header.index(c) for c in cols],
+                          dtype=np.int64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"{path.name}: {', '.join(cols)} must be integers ({e})")
+    if data.shape[0] == 0:
+        raise ValueError(f"{path.name} holds a header and no interactions")
+    return data
+
+
 def load_mmrec(folder: PathLike, name: Optional[str] = None,
                modalities: Optional[Iterable[str]] = None) -> Dataset:
     """Load an MMRec-format dataset.
@@ -81,21 +104,7 @@ def load_mmrec(folder: PathLike, name: Optional[str] = None,
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset folder {folder} does not exist")
     inter = _find_inter(folder, name)
-    with open(inter) as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-    need = ("userID", "itemID", "x_label")
-    missing = [c for c in need if c not in header]
-    if missing:
-        raise ValueError(f"{inter.name}: header {header} lacks columns {missing}")
-    cols = [header.index(c) for c in need]
-    _check_fields(inter, len(header))
-    try:
-        data = np.loadtxt(inter, delimiter="\t", skiprows=1, usecols=cols, dtype=np.int64,
-                          ndmin=2)
-    except ValueError as e:
-        raise ValueError(f"{inter.name}: userID, itemID and x_label must be integers ({e})")
-    if data.shape[0] == 0:
-        raise ValueError(f"{inter.name} holds a header and no interactions")
+    data = _int_columns(inter, ("userID", "itemID", "x_label"))
     users, items, split = data[:, 0], data[:, 1], data[:, 2]
     n_users = int(users.max()) + 1
     n_items = int(items.max()) + 1
@@ -131,21 +140,7 @@ def read_new_interactions(path: PathLike) -> tuple:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no file {path}")
-    with open(path) as fh:
-        header = fh.readline().rstrip("\r\n").split("\t")
-    missing = [c for c in ("userID", "itemID") if c not in header]
-    if missing:
-        raise ValueError(f"{path.name}: header {header} lacks columns {missing}; expected a "
-                         "tab-separated MMRec file with userID and itemID")
-    _check_fields(path, len(header))
-    need = ["userID", "itemID"] + (["x_label"] if "x_label" in header else [])
-    try:
-        data = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=[header.index(c) for c in need],
-                          dtype=np.int64, ndmin=2)
-    except ValueError as e:
-        raise ValueError(f"{path.name}: {', '.join(need)} must be integers ({e})")
-    if data.shape[0] == 0:
-        raise ValueError(f"{path.name} holds a header and no interactions")
+    data = _int_columns(path, ("userID", "itemID"), optional=("x_label",))
     if data[:, :2].min() < 0:
         raise ValueError(f"{path.name}: ids must be >= 0, found {int(data[:, :2].min())}")
     if data.shape[1] == 3 and (data[:, 2] != 0).any():

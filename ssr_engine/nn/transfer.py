@@ -33,12 +33,12 @@ moves a model to the grown graph in four steps:
 
 Optionally (``shrink < 1``) every carried-over vector is then scaled down: the ID vectors
 and the content projections by ``shrink``, so that under the plain-sum fusion each score
-``h_uᵀ h_i`` shrinks by ``shrink²`` and the ranking stays the same. A model trained to convergence sits where its
-scores are large and the BPR gradients small, and it hardly moves towards what the new
-interactions say; shrinking restores the gradients while keeping every learned direction
-(the "shrink" of shrink-and-perturb, Ash & Adams, *On Warm-Starting Neural Network
-Training*, NeurIPS 2020). Optimiser state is not carried over: continued training starts a
-new Adam.
+``h_uᵀ h_i`` shrinks by ``shrink²`` and the ranking stays the same. A model trained to
+convergence sits where its scores are large and the BPR gradients small, and it hardly
+moves towards what the new interactions say; shrinking restores the gradients while keeping
+every learned direction (the "shrink" of shrink-and-perturb, Ash & Adams, *On Warm-Starting
+Neural Network Training*, NeurIPS 2020). Optimiser state is not carried over: continued
+training starts a new Adam.
 """
 from __future__ import annotations
 

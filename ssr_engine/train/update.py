@@ -22,6 +22,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Dict, List
@@ -216,6 +217,7 @@ class Update:
                 f"ids, {self.new_users.size} without earlier interactions) and {g.items.size} "
                 f"items ({g.new_items} new ids)")
 
+    @functools.cached_property
     def old_store(self) -> BandStore:
         """The run's band store (checked against the key its checkpoint was trained on)."""
         from_dir = Path(self.opts.update_from)
@@ -231,7 +233,7 @@ class Update:
         """The band plan of the run's store: the grown graph keeps its edges when the
         spectrum has not moved (:func:`~ssr_engine.train.precompute.kept_plan`)."""
         from .precompute import BandPlan
-        return BandPlan(**self.old_store().meta["info"]["plan"])
+        return BandPlan(**self.old_store.meta["info"]["plan"])
 
     def carry_over(self, model, graph, build) -> Dict:
         """Initialise ``model`` (built on the grown ``graph``) from the run's best state.
@@ -242,7 +244,7 @@ class Update:
             build: ``build(graph, source)`` -> a model with the run's settings.
         """
         from_dir = Path(self.opts.update_from)
-        store = self.old_store()
+        store = self.old_store
         source = store.source()
         if source.identity != self.ckpt["config"]["model"]["source"]:
             raise ValueError(f"the band store {store.root} is not the one the run was trained "

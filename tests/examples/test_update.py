@@ -190,8 +190,8 @@ def test_update_split_holds_out_training_rows_only(tmp_path):
     base = load_mmrec(tmp_path / "o" / "base")
     nu, ni = read_new_interactions(tmp_path / "o" / "new.inter")
     for which in ("valid", "test"):                         # unchanged
-        assert np.array_equal(np.sort(base.interactions(which)[0] * 1000 + base.interactions(which)[1]),
-                              np.sort(ds.interactions(which)[0] * 1000 + ds.interactions(which)[1]))
+        (bu, bi), (du, di) = base.interactions(which), ds.interactions(which)
+        assert np.array_equal(np.sort(bu * 1000 + bi), np.sort(du * 1000 + di))
     n_train = int((ds.split == 0).sum())
     assert (base.split == 0).sum() + nu.size == n_train and nu.size >= round(0.1 * n_train)
     # half of the users with <= 5 interactions lost every training row

@@ -186,9 +186,9 @@ def test_edges_are_kept_when_the_spectrum_has_not_moved(ds, tmp_path):
     _, other = precompute_bands(ring, ds.features, tmp_path / "c", n_bands=3, order=16, d0=4,
                                 quiet=True, keep_edges=old)
     assert not other.kept and other.edges != old.edges
-    moved = pre.kept_plan(np.asarray(pre._moments(
-        ring.scaled_laplacian(0.01), torch.randn(500, 4, generator=torch.Generator().manual_seed(0)), 16, pre._Rows(0, 500), lambda: None)),
-        old, 3, 0.01)[1]
+    probe = torch.randn(500, 4, generator=torch.Generator().manual_seed(0))
+    mom = pre._moments(ring.scaled_laplacian(0.01), probe, 16, pre._Rows(0, 500), lambda: None)
+    moved = pre.kept_plan(np.asarray(mom), old, 3, 0.01)[1]
     assert moved > 0.25 / 3
 
 
