@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..graph import InteractionGraph
-from ..graph.interaction import Growth
+from ..graph.interaction import Growth, _id_pair
 
 __all__ = ["Dataset", "TRAIN", "VALID", "TEST"]
 
@@ -142,18 +142,15 @@ class Dataset:
             >>> ds2.n_users, int((ds2.split == 0).sum()), growth.new_users
             (3, 5, 1)
         """
-        u = np.asarray(user_ids)
-        i = np.asarray(item_ids)
-        if u.size and u.shape == i.shape and np.issubdtype(u.dtype, np.integer) \
-                and np.issubdtype(i.dtype, np.integer) and min(u.min(), i.min()) >= 0:
+        u, i = _id_pair(user_ids, item_ids)                    # the graph's id checks
+        if u.size:
             width = max(self.n_items, int(i.max()) + 1)
-            uniq, counts = np.unique(u.astype(np.int64) * width + i, return_counts=True)
+            uniq, counts = np.unique(u * width + i, return_counts=True)
             if (counts > 1).any():
                 twice = uniq[counts > 1]
                 raise ValueError(f"{twice.size} new interactions are listed more than once, "
                                  f"e.g. ({int(twice[0] // width)}, {int(twice[0] % width)})")
-        graph, growth = self.train_graph().grow(u, i)          # checks the ids
-        u, i = u.astype(np.int64), i.astype(np.int64)
+        graph, growth = self.train_graph().grow(u, i)
         pairs = u * graph.n_items + i
         if growth.new_items and self.features:
             raise ValueError(f"{growth.new_items} new items (ids {self.n_items} and up) but the "
