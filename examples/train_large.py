@@ -54,6 +54,7 @@ from ssr_engine.train import (Interrupted, TrainConfig, Trainer, default_batch_s
 from ssr_engine.train.checkpoint import atomic_write, remove_leftovers
 from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
+from ssr_engine.train.threads import ThreadPolicy
 from ssr_engine.train.update import (UPDATE_EPOCHS, UPDATE_PATIENCE, UPDATE_SHRINK,
                                      update_options)
 
@@ -176,9 +177,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="write the band explanation report (PNGs + HTML) here (SSR in memory)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=POS_INT, default=None,
-                   help="torch CPU threads (stored pipeline: default 1, which is fastest on a "
-                        "busy shared machine; pass more on a dedicated one. In memory: "
-                        "torch's default)")
+                   help="torch CPU threads (default: the cores other processes leave idle, "
+                        "counted again every few seconds while training; 1 per process "
+                        "with --distributed)")
     g = p.add_argument_group("training")
     g.add_argument("--dim", type=POS_INT, default=64)
     g.add_argument("--lr", type=POS_FLOAT, default=1e-3)
@@ -292,8 +293,9 @@ def build_model(args, ds):
 
 
 def run_in_memory(args, ds, t0: float) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = ThreadPolicy(args.threads or "auto")
+    threads.apply(force=True)
+    print(f"[setup] {threads.describe()}", flush=True)
     if args.model == "ssr":
         n_train = int((ds.split == 0).sum())
         widths = sum(min(int(f.shape[1]), args.d0) for f in ds.features.values())
@@ -312,7 +314,7 @@ def run_in_memory(args, ds, t0: float) -> dict:
                       n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
                       eval_users=args.eval_users or None, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, quiet=args.quiet,
-                      log=args.quiet)
+                      log=args.quiet, threads=threads.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "checkpoint.pt"
     if ckpt.exists() and not (args.resume or args.fresh):

@@ -26,12 +26,11 @@ import errno
 import gc
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -42,6 +41,7 @@ from ..nn import SSRModel
 from .checkpoint import atomic_write, read_checkpoint, remove_leftovers
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
+from .threads import ThreadPolicy
 from .trainer import TrainConfig, Trainer, default_batch_size, result_notes
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
@@ -85,7 +85,8 @@ class LargeRun:
         timeout: seconds a collective may wait for a peer (distributed).
         store_dir: band store folder (default ``out/bands``).
         seed, quiet, device: run settings.
-        threads: torch threads (default 1; see ``_threads``).
+        threads: torch threads (default: the idle cores, counted again every few seconds;
+            1 per process when distributed; see ``_threads``).
         n_bands, order, k, d0, reduce, store_dtype, delta, id_basis: band settings
             (:func:`~ssr_engine.train.precompute.precompute_bands`; ``id_basis`` is its
             ``id_k``).
@@ -203,12 +204,13 @@ def _checkpoint_store_key(ckpt: Path) -> Dict:
     return source["store"]
 
 
-def _threads(requested: Optional[int]) -> int:
-    """Torch threads: as requested, else 1. A step's tensors are small, and where other
-    processes keep the cores busy a second OpenMP thread spends its time waiting for one:
-    on the shared 2-core machine a step took 0.22 s with one thread and 1.5–2 s with two.
-    Pass more on a dedicated machine."""
-    return int(requested) if requested else 1
+def _threads(opts: "LargeRun") -> Union[int, str]:
+    """Torch threads: as requested; else ``"auto"`` (the idle cores,
+    :mod:`~ssr_engine.train.threads`), or 1 per process in a distributed run, whose
+    processes share the machine's cores."""
+    if opts.threads:
+        return int(opts.threads)
+    return 1 if opts.distributed else "auto"
 
 
 def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
@@ -228,7 +230,6 @@ def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
         RankFailure: when a peer process failed (distributed).
     """
     t_start = time.perf_counter()
-    torch.set_num_threads(_threads(opts.threads))
     if opts.resume and opts.fresh:
         raise ValueError("--resume and --fresh contradict each other; pick one")
     joined = False
@@ -246,8 +247,9 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     rank = dist.get_rank() if opts.distributed else 0
     world = dist.get_world_size() if opts.distributed else 1
     log = _Log(rank)
-    log(f"[setup] {torch.get_num_threads()} torch threads (load average "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores), device {opts.device}"
+    threads = ThreadPolicy(_threads(opts))
+    threads.apply(force=True)
+    log(f"[setup] {threads.describe()}, device {opts.device}"
         + (f", {world} processes" if world > 1 else ""))
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,6 +302,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     timings["graph"] = time.perf_counter() - t0
 
     saved_key = _checkpoint_store_key(ckpt) if opts.resume else None
+    threads.apply(force=True)
     t0 = time.perf_counter()
     with log.phase("bands", f"{est.approx} band features -> {store_dir}"):
         try:
@@ -346,7 +349,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                       n_neg=opts.n_neg, patience=opts.patience, eval_every=opts.eval_every,
                       eval_users=opts.eval_users, seed=opts.seed,
                       checkpoint_every=opts.checkpoint_every, quiet=opts.quiet,
-                      log=opts.quiet)
+                      log=opts.quiet, threads=threads.threads)
     trainer = Trainer(model, ds, cfg, checkpoint=ckpt, distributed=opts.distributed,
                       fresh=opts.fresh)
     for line in trainer.plan_lines():

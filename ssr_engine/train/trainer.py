@@ -53,6 +53,7 @@ from ..metrics import RankingResult, full_ranking
 from ..nn.recommender import Recommender
 from .checkpoint import load_checkpoint, save_checkpoint
 from .sampling import BPRSampler
+from .threads import ThreadPolicy
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "Interrupted", "seed_everything",
            "default_batch_size"]
@@ -111,6 +112,9 @@ class TrainConfig:
         quiet: no progress bars.
         log: print one line per evaluated epoch (epoch, loss, validation metric, best so
             far, seconds), flushed — what a log file of a ``quiet`` run needs.
+        threads: torch threads for training and evaluation: a number, ``"auto"`` (the
+            cores other processes leave idle, counted again every few seconds; see
+            :mod:`ssr_engine.train.threads`) or ``None`` (torch's setting, untouched).
     """
 
     epochs: int = 1000
@@ -128,12 +132,13 @@ class TrainConfig:
     checkpoint_every: int = 0
     quiet: bool = False
     log: bool = False
+    threads: Union[int, str, None] = None
 
     def identity(self) -> Dict:
         """The settings that define the run (a checkpoint must match them to resume): all but
-        ``epochs``, ``patience``, ``quiet``, ``log`` and ``checkpoint_every``."""
+        ``epochs``, ``patience``, ``quiet``, ``log``, ``checkpoint_every`` and ``threads``."""
         d = asdict(self)
-        for k in ("epochs", "patience", "quiet", "log", "checkpoint_every"):
+        for k in ("epochs", "patience", "quiet", "log", "checkpoint_every", "threads"):
             d.pop(k)
         d["ks"] = list(d["ks"])
         return d
@@ -340,6 +345,7 @@ class Trainer:
                                     weight_decay=cfg.weight_decay)
         self.sparse_opt = torch.optim.SparseAdam(sparse, lr=cfg.lr) if sparse else None
         self.eval_users = self._sample_eval_users()
+        self.threads = ThreadPolicy(cfg.threads)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.run_config = {"model": model.config(), "train": cfg.identity(),
                            "data": _fingerprint(dataset)}
@@ -531,6 +537,7 @@ class Trainer:
                    disable=cfg.quiet or self.rank != 0, dynamic_ncols=True, leave=False)
         try:
             while self.step < steps:
+                self.threads.apply()
                 u, p, q = self._batch(perm, e, self.step)
                 torch.manual_seed(_step_seed(cfg.seed, 3, e, self.step))
                 with self._collective(f"training step {self.step} of epoch {e + 1}"):
@@ -576,6 +583,7 @@ class Trainer:
         split are skipped. Every process ranks its share of the users; the per-user metrics
         are gathered.
         """
+        self.threads.apply(force=True)
         truth = self._truth(split)
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
         if self.eval_users is not None:
