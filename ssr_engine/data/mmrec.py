@@ -55,6 +55,22 @@ def _check_fields(inter: Path, n_fields: int) -> None:
                                                          if bad.size > 1 else ""))
 
 
+def _first_non_integer(path: Path, idx) -> str:
+    """Where the first value of the columns ``idx`` that is not an integer is: ``", line N:
+    'value'"`` (line numbers of the file, header = 1), or ``""`` if none is found."""
+    with open(path) as fh:
+        for n, line in enumerate(fh, start=1):
+            if n == 1 or not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            for i in idx:
+                try:
+                    int(fields[i])
+                except (ValueError, IndexError):
+                    return f", line {n}: {fields[i] if i < len(fields) else ''!r}"
+    return ""
+
+
 def _int_columns(path: Path, need, optional=()) -> np.ndarray:
     """The integer columns ``need`` (then those of ``optional`` the header has) of a
     tab-separated file with a header: ``[E, c]`` int64. A header without a needed column, a
@@ -72,7 +88,8 @@ def _int_columns(path: Path, need, optional=()) -> np.ndarray:
         data = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=[header.index(c) for c in cols],
                           dtype=np.int64, ndmin=2)
     except ValueError as e:
-        raise ValueError(f"{path.name}: {', '.join(cols)} must be integers ({e})")
+        raise ValueError(f"{path.name}: {', '.join(cols)} must be integers"
+                         f"{_first_non_integer(path, [header.index(c) for c in cols])}") from e
     if data.shape[0] == 0:
         raise ValueError(f"{path.name} holds a header and no interactions")
     return data

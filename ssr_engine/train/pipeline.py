@@ -236,8 +236,14 @@ def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
     if opts.distributed and not dist.is_initialized():
         init_distributed(timeout=opts.timeout)
         joined = True
+    created = not Path(opts.out).exists()
     try:
         return _run(opts, t_start, dataset)
+    except BaseException:
+        if created:             # a refused run leaves no empty --out folder behind
+            with contextlib.suppress(OSError):
+                Path(opts.out).rmdir()          # only if nothing was written into it
+        raise
     finally:
         if joined:
             shutdown_distributed()

@@ -63,6 +63,9 @@ def test_dataset_validation():
     ("userID\titemID\tx_label\n0\t0\t0\n1\t2\t0\t7\n", "a.inter, line 3: 4 tab-separated fields, "
                                                           "the header has 3"),
     ("userID\titemID\tx_label\n0\t0\t0\n1\t2\n", "a.inter, line 3: 2 tab-separated fields"),
+    # the file's own line number (blank line included), not loadtxt's row index
+    ("userID\titemID\tx_label\n0\t0\t0\n\n1\t2.5\t0\n",
+     "a.inter: userID, itemID, x_label must be integers, line 4: '2.5'"),
 ])
 def test_malformed_inter_files_are_named(tmp_path, text, message):
     # before: a numpy "zero-size array" error, and an extra field accepted silently
