@@ -51,7 +51,7 @@ from ssr_engine.data import load_mmrec, synthetic_dataset
 from ssr_engine.distributed import RankFailure
 from ssr_engine.train import (Interrupted, TrainConfig, Trainer, default_batch_size,
                               result_notes, seed_everything)
-from ssr_engine.train.checkpoint import atomic_write, remove_leftovers
+from ssr_engine.train.checkpoint import atomic_write, out_folder, remove_leftovers
 from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
 from ssr_engine.train.threads import ThreadPolicy
@@ -315,36 +315,38 @@ def run_in_memory(args, ds, t0: float) -> dict:
                       eval_users=args.eval_users or None, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, quiet=args.quiet,
                       log=args.quiet, threads=threads.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    ckpt = args.out / "checkpoint.pt"
-    if ckpt.exists() and not (args.resume or args.fresh):
-        raise ValueError(f"{args.out} already holds a checkpoint ({ckpt}); pass --resume to "
-                         "continue that run or --fresh to start over")
-    if args.resume and not ckpt.exists():
-        raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
-    remove_leftovers(ckpt, args.out / "metrics.json")
-    trainer = Trainer(model, ds, cfg, checkpoint=ckpt, fresh=args.fresh)
-    for line in trainer.plan_lines():
-        print(line, flush=True)
-    res = trainer.fit()
-    out = {"dataset": ds.name, "model": args.model, "pipeline": "memory", "seed": args.seed,
-           "config": model.config(), "bands": getattr(model, "band_report", None),
-           "train": cfg.identity(), "best_epoch": res.best_epoch,
-           "epochs_run": res.epochs_run, "valid": res.valid, "test": res.test,
-           "test_cold": res.test_cold, "test_groups": res.test_groups,
-           "notes": result_notes(res, cfg), "setup_seconds": setup,
-           "train_seconds": res.train_seconds, "eval_seconds": res.eval_seconds,
-           "seconds_per_epoch": res.train_seconds / max(1, res.epochs_this_call),
-           "wall_seconds": time.perf_counter() - t0, "history": res.history,
-           "command": " ".join(sys.argv)}
-    with atomic_write(args.out / "metrics.json", "w") as fh:
-        fh.write(json.dumps(out, indent=1))
-    if args.report is not None and args.model == "ssr":
-        # the trainer leaves the best-validation state loaded
-        from ssr_engine.explain import read_item_names, write_report
-        f = args.data / "items.tsv" if args.data is not None else None
-        names = read_item_names(f, ds.n_items) if f is not None and f.is_file() else None
-        write_report(model, ds, args.report, k=10, item_names=names)
+    with out_folder(args.out):          # a refused run leaves no empty folder behind
+        ckpt = args.out / "checkpoint.pt"
+        if ckpt.exists() and not (args.resume or args.fresh):
+            raise ValueError(f"{args.out} already holds a checkpoint ({ckpt}); pass --resume "
+                             "to continue that run or --fresh to start over")
+        if args.resume and not ckpt.exists():
+            raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
+        remove_leftovers(ckpt, args.out / "metrics.json")
+        trainer = Trainer(model, ds, cfg, checkpoint=ckpt, fresh=args.fresh)
+        for line in trainer.plan_lines():
+            print(line, flush=True)
+        res = trainer.fit()
+        out = {"dataset": ds.name, "model": args.model, "pipeline": "memory",
+               "seed": args.seed,
+               "config": model.config(), "bands": getattr(model, "band_report", None),
+               "train": cfg.identity(), "best_epoch": res.best_epoch,
+               "epochs_run": res.epochs_run, "valid": res.valid, "test": res.test,
+               "test_cold": res.test_cold, "test_groups": res.test_groups,
+               "notes": result_notes(res, cfg), "setup_seconds": setup,
+               "train_seconds": res.train_seconds, "eval_seconds": res.eval_seconds,
+               "threads": trainer.threads.usage(),
+               "seconds_per_epoch": res.train_seconds / max(1, res.epochs_this_call),
+               "wall_seconds": time.perf_counter() - t0, "history": res.history,
+               "command": " ".join(sys.argv)}
+        with atomic_write(args.out / "metrics.json", "w") as fh:
+            fh.write(json.dumps(out, indent=1))
+        if args.report is not None and args.model == "ssr":
+            # the trainer leaves the best-validation state loaded
+            from ssr_engine.explain import read_item_names, write_report
+            f = args.data / "items.tsv" if args.data is not None else None
+            names = read_item_names(f, ds.n_items) if f is not None and f.is_file() else None
+            write_report(model, ds, args.report, k=10, item_names=names)
     print(json.dumps({k: out[k] for k in ("best_epoch", "valid", "test", "test_cold",
                                            "wall_seconds")}, indent=1), flush=True)
     for note in out["notes"]:

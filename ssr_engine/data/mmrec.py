@@ -7,6 +7,7 @@ A folder holds ``<name>.inter`` (tab-separated, header with ``userID``, ``itemID
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -55,19 +56,23 @@ def _check_fields(inter: Path, n_fields: int) -> None:
                                                          if bad.size > 1 else ""))
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+_INT64 = 2 ** 63
+
+
 def _first_non_integer(path: Path, idx) -> str:
-    """Where the first value of the columns ``idx`` that is not an integer is: ``", line N:
-    'value'"`` (line numbers of the file, header = 1), or ``""`` if none is found."""
-    with open(path) as fh:
+    """Where the first value of the columns ``idx`` that is not an int64 is: ``", line N:
+    'value'"`` (the file's line numbers, header = 1), or ``""`` if none is found."""
+    with open(path, newline="\n", errors="replace") as fh:
         for n, line in enumerate(fh, start=1):
-            if n == 1 or not line.strip():
+            line = line.rstrip("\n").rstrip("\r")
+            if n == 1 or not line:
                 continue
-            fields = line.rstrip("\r\n").split("\t")
+            fields = line.split("\t")
             for i in idx:
-                try:
-                    int(fields[i])
-                except (ValueError, IndexError):
-                    return f", line {n}: {fields[i] if i < len(fields) else ''!r}"
+                v = fields[i].strip() if i < len(fields) else ""
+                if not _INT.fullmatch(v) or not -_INT64 <= int(v) < _INT64:
+                    return f", line {n}: {v!r}"
     return ""
 
 
@@ -88,8 +93,9 @@ def _int_columns(path: Path, need, optional=()) -> np.ndarray:
         data = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=[header.index(c) for c in cols],
                           dtype=np.int64, ndmin=2)
     except ValueError as e:
+        where = _first_non_integer(path, [header.index(c) for c in cols])
         raise ValueError(f"{path.name}: {', '.join(cols)} must be integers"
-                         f"{_first_non_integer(path, [header.index(c) for c in cols])}") from e
+                         + (where or f" ({e})")) from e
     if data.shape[0] == 0:
         raise ValueError(f"{path.name} holds a header and no interactions")
     return data

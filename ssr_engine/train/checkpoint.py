@@ -38,6 +38,41 @@ PathLike = Union[str, os.PathLike]
 
 
 @contextlib.contextmanager
+def out_folder(path: PathLike) -> Iterator[Path]:
+    """Make a run's output folder (and its missing parents) for the ``with`` block; when the
+    block fails, remove the folders it made that are still empty, so that a refused run
+    leaves nothing behind. A folder that existed before is never removed.
+
+    Example:
+        >>> import tempfile
+        >>> base = Path(tempfile.mkdtemp())
+        >>> try:
+        ...     with out_folder(base / "a" / "run"):
+        ...         raise ValueError("refused")
+        ... except ValueError:
+        ...     pass
+        >>> (base / "a").exists()
+        False
+    """
+    path = Path(path)
+    made = []
+    p = path
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for d in made:                          # deepest first; stop at the first kept one
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path`` that replaces ``path`` only when the block ends
     without an exception (after a flush and ``fsync``); otherwise the temporary file is

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
 from ..nn import SSRModel
-from .checkpoint import atomic_write, read_checkpoint, remove_leftovers
+from .checkpoint import atomic_write, out_folder, read_checkpoint, remove_leftovers
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
 from .threads import ThreadPolicy
@@ -85,8 +85,8 @@ class LargeRun:
         timeout: seconds a collective may wait for a peer (distributed).
         store_dir: band store folder (default ``out/bands``).
         seed, quiet, device: run settings.
-        threads: torch threads (default: the idle cores, counted again every few seconds;
-            1 per process when distributed; see ``_threads``).
+        threads: torch threads: a positive int or ``"auto"`` (the idle cores, counted again
+            every few seconds); default ``"auto"``, 1 per process when distributed.
         n_bands, order, k, d0, reduce, store_dtype, delta, id_basis: band settings
             (:func:`~ssr_engine.train.precompute.precompute_bands`; ``id_basis`` is its
             ``id_k``).
@@ -115,7 +115,7 @@ class LargeRun:
     seed: int = 0
     quiet: bool = False
     device: str = "cpu"
-    threads: Optional[int] = None
+    threads: Union[int, str, None] = None
     n_bands: int = 4
     order: Optional[int] = None
     k: Optional[int] = None
@@ -205,11 +205,11 @@ def _checkpoint_store_key(ckpt: Path) -> Dict:
 
 
 def _threads(opts: "LargeRun") -> Union[int, str]:
-    """Torch threads: as requested; else ``"auto"`` (the idle cores,
-    :mod:`~ssr_engine.train.threads`), or 1 per process in a distributed run, whose
-    processes share the machine's cores."""
-    if opts.threads:
-        return int(opts.threads)
+    """Torch threads: as requested (a positive int or ``"auto"``); by default ``"auto"`` (the
+    idle cores, :mod:`~ssr_engine.train.threads`), or 1 per process in a distributed run,
+    whose processes share the machine's cores."""
+    if opts.threads is not None:
+        return opts.threads                 # ThreadPolicy refuses anything else
     return 1 if opts.distributed else "auto"
 
 
@@ -236,14 +236,9 @@ def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
     if opts.distributed and not dist.is_initialized():
         init_distributed(timeout=opts.timeout)
         joined = True
-    created = not Path(opts.out).exists()
     try:
-        return _run(opts, t_start, dataset)
-    except BaseException:
-        if created:             # a refused run leaves no empty --out folder behind
-            with contextlib.suppress(OSError):
-                Path(opts.out).rmdir()          # only if nothing was written into it
-        raise
+        with out_folder(opts.out):          # a refused run leaves no empty folder behind
+            return _run(opts, t_start, dataset)
     finally:
         if joined:
             shutdown_distributed()
@@ -257,8 +252,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     threads.apply(force=True)
     log(f"[setup] {threads.describe()}, device {opts.device}"
         + (f", {world} processes" if world > 1 else ""))
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(opts.out)                # made by run_large
     ckpt = out / "checkpoint.pt"
     if ckpt.exists() and not (opts.resume or opts.fresh):
         raise ValueError(f"{out} already holds a checkpoint ({ckpt}); pass --resume to "
@@ -323,6 +317,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                 raise _kept(e, ckpt) from e
             raise
     timings["bands"] = time.perf_counter() - t0
+    threads_before_training = threads.usage()
     log(f"[bands] {plan.method}, order {plan.order}, edges "
         + ", ".join(f"{x:.3f}" for x in plan.edges) + (" (kept from the updated run)"
                                                         if plan.kept else "")
@@ -382,7 +377,9 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         "notes": result_notes(res, cfg),
         "test_standard_error": {k: float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else
                                 float("nan") for k, v in trainer.test_result.per_user.items()},
-        "timings": timings, "train_seconds": res.train_seconds,
+        "timings": timings, "threads": {"until_training": threads_before_training,
+                                        "training_and_evaluation": trainer.threads.usage()},
+        "train_seconds": res.train_seconds,
         "eval_seconds": res.eval_seconds,
         "seconds_per_epoch": res.train_seconds / max(1, res.epochs_this_call),
         "seconds_per_step": res.train_seconds / max(1, res.epochs_this_call

@@ -133,8 +133,9 @@ def update_options(new_file, from_dir, **given):
             opts[name] = Path(opts[name])
     if isinstance(opts.get("synthetic"), list):
         opts["synthetic"] = tuple(opts["synthetic"])
+    # threads are the machine's, not the run's: the update takes the default unless given
     opts.update(resume=False, fresh=False, store_dir=None, epochs=UPDATE_EPOCHS,
-                patience=UPDATE_PATIENCE, shrink=UPDATE_SHRINK)
+                patience=UPDATE_PATIENCE, shrink=UPDATE_SHRINK, threads=None)
     opts.update({k: v for k, v in given.items() if v is not None})
     out = Path(opts["out"]).resolve()
     for run in runs:

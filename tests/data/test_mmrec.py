@@ -66,6 +66,9 @@ def test_dataset_validation():
     # the file's own line number (blank line included), not loadtxt's row index
     ("userID\titemID\tx_label\n0\t0\t0\n\n1\t2.5\t0\n",
      "a.inter: userID, itemID, x_label must be integers, line 4: '2.5'"),
+    ("userID\titemID\tx_label\r\n0\t0\t0\r\n1\t99999999999999999999\t0\r\n",
+     "must be integers, line 3: '99999999999999999999'"),          # past int64
+    ("userID\titemID\tx_label\n0\t0\t0\n\t\t\n", "must be integers, line 3: ''"),
 ])
 def test_malformed_inter_files_are_named(tmp_path, text, message):
     # before: a numpy "zero-size array" error, and an extra field accepted silently
