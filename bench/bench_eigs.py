@@ -21,6 +21,13 @@ Problems (sizes from bench/sizes.py):
   reference, without a ratio.
   Everything runs in one process with the same thread settings (torch and BLAS threads are
   recorded; scipy's sparse products are single-threaded by design, its BLAS is not).
+* ``amazon-clothing`` grown graph (the "Living graphs" update experiment): the training
+  interactions split at random 90 / 10 (seed 1, like ``examples/update_split.py``); the old graph
+  holds the 90 % on the same user and item ids, the grown graph all of them. The k = 64 lowest
+  pairs, float64, residual at most 1e-6: a cold ``graph_eigs`` on the grown graph (the
+  default call) against a warm one, ``v0=`` the old graph's result, both gated on their
+  residuals before any ratio. The ratio is reported, not asserted: the warm start's goal
+  (3x) is not reached on this update (see ``graph_eigs``'s ``v0``).
 * ``synthetic("1M")`` (1M users, 500k items, 20M interactions, graph from all of them),
   k = 64, float32, residual at most 1e-4: ours alone (nothing else finishes in reasonable
   time), with solver time and peak memory.
@@ -48,6 +55,9 @@ from sizes import have_real, real_dataset, synthetic
 
 K = 64
 BABY_TOL = 1e-6
+CLOTHING_TOL = 1e-6
+# The update experiment's split: share of the training interactions that arrive later, seed.
+GROWN_SHARE, GROWN_SEED = 0.1, 1
 SYNTH_TOL = 1e-4
 # Every method is timed the same way: one warm-up run, then the best of ROUNDS.
 ROUNDS = 3
@@ -176,6 +186,64 @@ def test_baby_low64_float64(benchmark, baby):
         info[f"{name}_max_residual"] = float(res.max())
         if res.max() <= BABY_TOL:
             info[f"speedup_vs_{name}"] = secs / ours
+    benchmark.extra_info.update(info)
+    print("\n" + json.dumps(info, indent=1))
+
+
+# -- warm start on the grown Clothing graph ---------------------------------------------------
+def grown_pair(graph: InteractionGraph, share: float = GROWN_SHARE, seed: int = GROWN_SEED):
+    """``(old, grown)``: ``graph`` without a random ``share`` of its interactions (same user
+    and item ids; some nodes may lose every edge), and ``graph`` itself: a seeded random
+    split like ``examples/update_split.py``'s (that script draws from the dataset's rows, so
+    the held edges are not the same ones)."""
+    u, i = graph.edges()
+    rng = np.random.default_rng([seed, 0x5B1])
+    held = rng.choice(u.size, int(round(share * u.size)), replace=False)
+    keep = np.ones(u.size, dtype=bool)
+    keep[held] = False
+    return InteractionGraph(u[keep], i[keep], graph.n_users, graph.n_items), graph
+
+
+@pytest.fixture(scope="module")
+def clothing_grown():
+    if not have_real("amazon-clothing"):
+        pytest.skip("amazon-clothing is not in the shared data folder")
+    return grown_pair(real_dataset("amazon-clothing").train_graph())
+
+
+def test_clothing_warm_start_low64_float64(benchmark, clothing_grown):
+    """Cold vs warm-started graph_eigs on the grown Clothing graph at residual <= 1e-6."""
+    old, grown = clothing_grown
+    previous, old_s = timed(lambda: graph_eigs(old, K, which="low", tol=CLOTHING_TOL,
+                                               dtype=torch.float64))
+    solve = lambda **kw: graph_eigs(grown, K, which="low", tol=CLOTHING_TOL,
+                                    dtype=torch.float64, **kw)
+    info = {"k": K, "tol": CLOTHING_TOL, "old_graph": repr(old), "grown_graph": repr(grown),
+            "old_solve_s": old_s, "machine": f"{os.cpu_count()} CPUs, torch threads "
+                                             f"{torch.get_num_threads()}, BLAS threads "
+                                             f"{blas_threads()}, load average "
+                                             f"{os.getloadavg()[0]:.2f} at start"}
+    results = {}
+    for name, kw in (("cold", {}), ("warm", {"v0": previous})):
+        solve(**kw)                                            # warm-up
+        if name == "warm":
+            result = benchmark.pedantic(lambda: solve(**kw), rounds=ROUNDS, iterations=1)
+            secs = benchmark.stats.stats.min
+        else:
+            runs = [timed(lambda: solve(**kw)) for _ in range(ROUNDS)]
+            result, secs = runs[-1][0], min(t for _, t in runs)
+        res = laplacian_residuals(grown, result.eigenvalues.numpy(),
+                                  result.eigenvectors.numpy())
+        assert float(result.residuals.max()) <= CLOTHING_TOL, f"{name}: reported residual"
+        assert res.max() <= CLOTHING_TOL, f"{name} missed the residual: {res.max():.2e}"
+        results[name] = result
+        info.update({f"{name}_s": secs, f"{name}_max_residual": float(res.max()),
+                     f"{name}_reported_max_residual": float(result.residuals.max()),
+                     f"{name}_iterations": result.iterations, f"{name}_method": result.method})
+    np.testing.assert_allclose(results["warm"].eigenvalues.numpy(),
+                               results["cold"].eigenvalues.numpy(), atol=10 * CLOTHING_TOL)
+    info["speedup_warm_vs_cold"] = info["cold_s"] / info["warm_s"]
+    info["load_average_at_end"] = os.getloadavg()[0]
     benchmark.extra_info.update(info)
     print("\n" + json.dumps(info, indent=1))
 

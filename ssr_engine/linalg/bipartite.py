@@ -135,11 +135,20 @@ def graph_eigs(graph: InteractionGraph, k: int, which: str = "low",
         generator: ``torch.Generator`` for random vectors (default: fixed seed).
         v0: a previous result of ``graph_eigs`` to start from (warm start), on this graph or
             on an earlier version of it whose users and items are the first ids of this one
-            (new nodes start at zero). Its vectors' smaller-side halves form the start
-            block of the Gram solver (LOBPCG and Chebyshev subspace iteration take all of
-            them, Lanczos its first block). Measured on Amazon Baby (k = 64, float64,
-            1% of the edges new) it saves little so far: Lanczos 1.8 → 1.9 s, Chebyshev
-            subspace 3.5 → 2.7 s, LOBPCG 11.2 → 9.6 s.
+            (new nodes start at zero). Its vectors' smaller-side halves are the warm block
+            of the Gram solver. LOBPCG and Chebyshev subspace iteration start from all of
+            them; Lanczos first runs one Rayleigh–Ritz step on them (one product) and stops
+            there when the Ritz pairs already meet ``tol`` and a short Krylov probe finds
+            nothing above them, else starts from their best Ritz vectors. What it saves
+            depends on how far the update rotates the wanted vectors. Measured on Amazon
+            Clothing (k = 64, float64, tol 1e-6, one torch thread on a loaded 2-core
+            machine): the same graph again 3.5 → 0.4 s; the grown graph of
+            bench/bench_eigs.py (10% of the training edges added, where most new vectors
+            lie far from the old span) 3.5 → 3.0 s (17 → 15 restarts), so far from 3x
+            (that benchmark, at two threads beside other jobs: 8.9 → 5.3 s and 45 → 42 s
+            in two runs, mostly noise). On Amazon Baby with 1% new edges, before the
+            Rayleigh–Ritz step: Lanczos 1.8 → 1.9 s, Chebyshev subspace 3.5 → 2.7 s,
+            LOBPCG 11.2 → 9.6 s.
         progress: show a tqdm bar of converged pairs.
 
     Returns:

@@ -27,6 +27,7 @@ from .lanczos import block_lanczos
 from .lobpcg import lobpcg
 from .result import EigResult, NoConvergence
 from .subspace import MatMul, RitzPairs, column_norms, random_block
+from .warm import warm_ritz
 
 __all__ = ["eigsh", "METHODS", "WHICH", "default_tol"]
 
@@ -100,6 +101,15 @@ def _solve_largest(method: str, matmul: MatMul, n: int, k: int, *, threshold, ma
                    dtype, device, X0, deflate, generator, bounds, monitor) -> RitzPairs:
     """The k largest eigenpairs of ``matmul`` (restricted to the complement of deflate)."""
     if method == "lanczos":
+        if X0 is not None:
+            # A warm block: one Rayleigh–Ritz step first; it may already hold the answer, and
+            # otherwise its best Ritz vectors form Lanczos's first block.
+            done, X0 = warm_ritz(matmul, n, k, X0, threshold=threshold, dtype=dtype,
+                                 device=device, deflate=deflate, generator=generator)
+            if done is not None:
+                if monitor is not None:
+                    monitor(k)
+                return done
         return block_lanczos(matmul, n, k, threshold=threshold, maxiter=maxiter or 1000,
                              dtype=dtype, device=device, X0=X0,
                              block=lanczos_block(n, device), deflate=deflate,
