@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from .subspace import MatMul, RitzPairs, Threshold, column_norms, orthonormalize, project_out, \
-    rayleigh_ritz, start_block
+    one_thread, rayleigh_ritz, start_block
 
 __all__ = ["lobpcg"]
 
@@ -33,7 +33,8 @@ def _svqb(G: torch.Tensor, eps: float) -> torch.Tensor:
     if not bool(nz.any()):
         return T
     Gs = G[nz][:, nz] / d[nz][:, None] / d[nz][None, :]
-    lam, U = torch.linalg.eigh(Gs)
+    with one_thread():
+        lam, U = torch.linalg.eigh(Gs)
     keep = lam > eps * float(lam.max())
     Tn = U[:, keep] / lam[keep].sqrt() / d[nz][:, None]
     T = torch.zeros(G.shape[0], Tn.shape[1], dtype=G.dtype, device=G.device)

@@ -11,17 +11,35 @@ size (Lanczos, filtered subspace iteration) keep it and callers that want only t
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple
+import contextlib
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = ["RitzPairs", "MatMul", "Threshold", "column_norms", "orthonormalize", "project_out",
-           "rayleigh_ritz", "random_block", "start_block"]
+           "rayleigh_ritz", "random_block", "start_block", "one_thread"]
 
 # y = A x on [n, b] blocks (the solvers' only access to the operator).
 MatMul = Callable[[torch.Tensor], torch.Tensor]
 # Ritz values (float64, [k]) -> absolute residual norms they must reach ([k]).
 Threshold = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block's torch CPU work on one thread: for the solvers' small dense
+    factorisations (projected matrices of a few hundred rows). Their LAPACK calls gain little
+    from a second thread and lose much when another process holds the core: on the 2-core
+    machine beside one other job (2026-12-06) ``eigh`` of a 200 x 200 matrix took 2.1 ms on
+    one thread and 65 ms on two, 800 x 800 77 ms and 655 ms."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
 
 
 class RitzPairs(NamedTuple):
@@ -87,14 +105,15 @@ def _cholqr(W: torch.Tensor, max_cond: float) -> Optional[Tuple[torch.Tensor, to
     d = G.diagonal().clamp_min(0).sqrt()
     if not bool(torch.all(d > 0)):
         return None
-    L, info = torch.linalg.cholesky_ex(G / d[:, None] / d[None, :])
-    if int(info) != 0:
-        return None
-    diag = L.diagonal()
-    if float(diag.min()) * max_cond < float(diag.max()):
-        return None
-    eye = torch.eye(L.shape[0], dtype=L.dtype)
-    Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+    with one_thread():
+        L, info = torch.linalg.cholesky_ex(G / d[:, None] / d[None, :])
+        if int(info) != 0:
+            return None
+        diag = L.diagonal()
+        if float(diag.min()) * max_cond < float(diag.max()):
+            return None
+        eye = torch.eye(L.shape[0], dtype=L.dtype)
+        Linv = torch.linalg.solve_triangular(L, eye, upper=False)
     # W = Q R with R = L^T D, so Q = W D^{-1} L^{-T}.
     Q = W @ (Linv.mT / d[:, None]).to(device=W.device, dtype=W.dtype)
     return Q, L.mT * d[None, :]
@@ -104,7 +123,8 @@ def _rank_revealing(W: torch.Tensor, abs_tol: float) -> Tuple[torch.Tensor, torc
     """Householder QR, then the SVD of R: the directions of W with singular value above
     ``abs_tol`` (orthonormal) and those singular values."""
     Qh, R = torch.linalg.qr(W)
-    U, S, _ = torch.linalg.svd(R.double().cpu())
+    with one_thread():
+        U, S, _ = torch.linalg.svd(R.double().cpu())
     keep = S > abs_tol
     return Qh @ U[:, keep].to(device=W.device, dtype=W.dtype), S[keep]
 
@@ -116,7 +136,8 @@ def _orthonormal_span(W: torch.Tensor, abs_tol: float) -> Tuple[torch.Tensor, fl
     if first is not None:
         second = _cholqr(first[0], max_cond=10.0)
         if second is not None:
-            smin = float(torch.linalg.svdvals(second[1] @ first[1]).min())
+            with one_thread():
+                smin = float(torch.linalg.svdvals(second[1] @ first[1]).min())
             if smin > abs_tol:
                 return second[0], smin
     Q, S = _rank_revealing(W, abs_tol)
@@ -190,7 +211,8 @@ def rayleigh_ritz(H: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     H = H.double().cpu()
     H = (H + H.mT) / 2
-    return torch.linalg.eigh(H)
+    with one_thread():
+        return torch.linalg.eigh(H)
 
 
 def start_block(n: int, b: int, X0: Optional[torch.Tensor], dtype: torch.dtype,
