@@ -72,6 +72,9 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     old = json.loads((run / "metrics.json").read_text())
     for k in ("dim", "d0", "order", "id_basis", "fusion", "n_bands"):
         assert m["options"][k] == old["options"][k]
+    # threads are the machine's: the run's fixed --threads 1 is not carried into the update
+    assert old["options"]["threads"] == 1 and m["options"]["threads"] is None
+    assert set(m["threads"]) == {"until_training", "training_and_evaluation"}
     assert m["n_train"] == old["n_train"] + up["added"]
     # an update of the update replays the chain of new interactions
     more = _write_inter(root / "more.inter", [(300, 20, 0), (300, 21, 0)])
