@@ -89,11 +89,12 @@ def _int_columns(path: Path, need, optional=()) -> np.ndarray:
                          f"tab-separated MMRec file with {', '.join(need)}")
     _check_fields(path, len(header))
     cols = list(need) + [c for c in optional if c in header]
+    idx = [header.index(c) for c in cols]
     try:
-        data = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=[header.index(c) for c in cols],
-                          dtype=np.int64, ndmin=2)
+        data = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=idx, dtype=np.int64,
+                          ndmin=2)
     except ValueError as e:
-        where = _first_non_integer(path, [header.index(c) for c in cols])
+        where = _first_non_integer(path, idx)
         raise ValueError(f"{path.name}: {', '.join(cols)} must be integers"
                          + (where or f" ({e})")) from e
     if data.shape[0] == 0:

@@ -118,28 +118,26 @@ def _threads_for(looks: List[int], cores: int) -> int:
     return max(1, min(cores, cores - max(0, busy)))
 
 
-def _quick_looks() -> Optional[List[int]]:
+def idle_cores(cores: Optional[int] = None) -> int:
+    """Cores that other processes leave idle now (at least 1): five looks 10 ms apart
+    (module docstring); 1 where the count cannot be read (not Linux).
+
+    Args:
+        cores: the usable cores (default: read from the affinity and cgroup quotas).
+
+    Example:
+        >>> 1 <= idle_cores() <= (os.cpu_count() or 1)
+        True
+    """
     looks = []
     for i in range(_QUICK_LOOKS):
         if i:
             time.sleep(_GAP_S)
         n = _running_others()
         if n is None:
-            return None
+            return 1
         looks.append(n)
-    return looks
-
-
-def idle_cores() -> int:
-    """Cores that other processes leave idle now (at least 1): five looks 10 ms apart
-    (module docstring); 1 where the count cannot be read (not Linux).
-
-    Example:
-        >>> 1 <= idle_cores() <= (os.cpu_count() or 1)
-        True
-    """
-    looks = _quick_looks()
-    return 1 if looks is None else _threads_for(looks, _usable_cores())
+    return _threads_for(looks, _usable_cores() if cores is None else cores)
 
 
 class ThreadPolicy:
@@ -205,10 +203,10 @@ class ThreadPolicy:
             self._last_look = now
         if not force and now - self._last_count < self.recheck:
             return torch.get_num_threads()
-        looks = self._looks if not force and len(self._looks) >= _QUICK_LOOKS \
-            else _quick_looks()
+        n = _threads_for(self._looks, self._cores) \
+            if not force and len(self._looks) >= _QUICK_LOOKS else idle_cores(self._cores)
         self._looks, self._last_count = [], now
-        return self._set(1 if looks is None else _threads_for(looks, self._cores))
+        return self._set(n)
 
     def usage(self) -> Dict[str, float]:
         """Seconds at each thread count so far, for a run's report: ``{"1": s, "2": s}``."""
