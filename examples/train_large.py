@@ -109,13 +109,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 _ONLY = {
     **{d: ("SSR", lambda a, st: a.model == "ssr") for d in (
         "modalities", "approx", "n_bands", "rank", "order", "id_basis", "id_prior", "d0",
-        "fusion", "no_mask", "mask_p", "lambda_mask", "consistency", "no_align", "lambda_cl",
+        "fusion", "n_out", "fusion_init", "no_fusion_gates", "no_fusion_norm", "lambda_fusion",
+        "lambda_dec", "no_mask", "mask_p", "lambda_mask", "consistency", "no_align", "lambda_cl",
         "tau")},
     **{d: ("the stored pipeline", lambda a, st: st) for d in (
         "reduce", "store_dtype", "store_dir", "distributed", "timeout")},
     "k": ("the stored pipeline with --approx eigen or lobpcg",
           lambda a, st: st and a.approx in ("eigen", "lobpcg")),
     "band_edges": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
+    "atom": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
     "report": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
     "layers": ("LightGCN", lambda a, st: a.model == "lightgcn"),
     "shrink": ("--update", lambda a, st: False),
@@ -211,9 +213,24 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--d0", type=POS_INT, default=64, help="width of the reduced content features")
     g.add_argument("--band-edges", choices=("energy", "uniform"), default="energy",
                    help="in memory: energy-balanced or uniform edges")
+    g.add_argument("--atom", choices=("slot", "fold"), default="slot",
+                   help="in memory: whether the energy balance counts the λ = 1 atom (slot) "
+                        "or not (fold: the bands share the energy off the atom)")
     g.add_argument("--fusion", choices=("sum", "cp", "cp+sum"), default="sum",
                    help="plain sum (default, chosen on validation), G-HSNO (cp), or G-HSNO "
                         "on a sum skip path")
+    g.add_argument("--n-out", type=POS_INT, default=None,
+                   help="output bands of G-HSNO (default: --n-bands)")
+    g.add_argument("--fusion-init", choices=("random", "identity"), default="random",
+                   help="G-HSNO initialisation: random (the paper's) or the identity band map "
+                        "(needs --rank >= --dim)")
+    g.add_argument("--no-fusion-gates", action="store_true", help="G-HSNO without its gates")
+    g.add_argument("--no-fusion-norm", action="store_true",
+                   help="G-HSNO without its scale normalisation")
+    g.add_argument("--lambda-fusion", type=NONNEG_FLOAT, default=0.0,
+                   help="weight of the G-HSNO fusion regularisation")
+    g.add_argument("--lambda-dec", type=NONNEG_FLOAT, default=0.0,
+                   help="weight of the decomposition loss (cross-band correlation)")
     g.add_argument("--no-mask", action="store_true", help="ablation: no band mask")
     g.add_argument("--mask-p", type=_number(float, 0, 1, hi_open=True), default=0.2)
     g.add_argument("--lambda-mask", type=NONNEG_FLOAT, default=0.1)
@@ -260,6 +277,13 @@ def use_stored(args, n_nodes: int) -> bool:
                                     or n_nodes > IN_MEMORY_MAX_NODES)
 
 
+def fusion_options(args) -> dict:
+    """The fusion and decomposition settings of SSR, as :class:`~ssr_engine.SSRModel` names them."""
+    return dict(fusion=args.fusion, n_out=args.n_out, fusion_init=args.fusion_init,
+                fusion_gates=not args.no_fusion_gates, fusion_norm=not args.no_fusion_norm,
+                lambda_fusion=args.lambda_fusion, lambda_dec=args.lambda_dec)
+
+
 def stored_options(args) -> LargeRun:
     return LargeRun(
         out=args.out, data=args.data, synthetic=args.synthetic or DEFAULT_SYNTHETIC,
@@ -268,7 +292,7 @@ def stored_options(args) -> LargeRun:
         seed=args.seed, quiet=args.quiet, device=args.device, threads=args.threads,
         n_bands=args.n_bands, order=args.order, k=args.k, d0=args.d0, reduce=args.reduce,
         store_dtype=args.store_dtype, id_basis=args.id_basis, dim=args.dim, rank=args.rank,
-        id_prior=args.id_prior, fusion=args.fusion, band_mask=not args.no_mask,
+        id_prior=args.id_prior, **fusion_options(args), band_mask=not args.no_mask,
         mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
         align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
         loss=args.loss, epochs=default_epochs(args), batch_size=args.batch_size,
@@ -286,7 +310,8 @@ def build_model(args, ds):
     return ssr_engine.SSRModel(
         graph, ds.features, n_bands=args.n_bands, dim=args.dim, rank=args.rank,
         approx=args.approx, order=args.order, id_basis=args.id_basis, id_prior=args.id_prior,
-        d0=args.d0, band_edges=args.band_edges, fusion=args.fusion, band_mask=not args.no_mask,
+        d0=args.d0, band_edges=args.band_edges, atom=args.atom, **fusion_options(args),
+        band_mask=not args.no_mask,
         mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
         align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
         loss=args.loss, seed=args.seed)

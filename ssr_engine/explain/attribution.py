@@ -79,9 +79,10 @@ class FusionTerms:
             without one).
         keyed: ``[n, S, r]`` keyed slots ``P_s = (α_s K_s)ᵀ H_s`` of G-HSNO (``None``
             without it).
-        weight: ``[n, O]`` per-node scalars ``γ g_o / ρ_o`` (``γ = 1`` without a skip path).
-        gates: ``[n, O]`` softmax gates ``g_o``.
-        norms: ``[n, O]`` scale norms ``ρ_o``.
+        weight: ``[n, O]`` per-node scalars ``γ c_o`` (``c_o = g_o / ρ_o`` in the paper's
+            form, see :meth:`CPFusion.output_weights`; ``γ = 1`` without a skip path).
+        gates: ``[n, O]`` softmax gates ``g_o`` (``None`` without gates).
+        norms: ``[n, O]`` scale norms ``ρ_o`` (``None`` without scale normalisation).
     """
 
     h: torch.Tensor
@@ -133,9 +134,11 @@ def fusion_terms(model, nodes: torch.Tensor, dtype: torch.dtype = torch.float64)
         P = torch.einsum("nsd,sdr->nsr", H, K)
         Z = torch.einsum("odr,osr,nsr->nod", cp.Q.to(dtype), cp.V.to(dtype), P)  # [n, O, d]
         out.keyed = P
-        out.gates = torch.softmax(Z @ cp.w.to(dtype), dim=1)
-        out.norms = torch.sqrt(Z.pow(2).mean(-1) + cp.eps)
-        out.weight = out.gates / out.norms * (1.0 if gamma is None else gamma.to(dtype))
+        if cp.gates:
+            out.gates = torch.softmax(Z @ cp.w.to(dtype), dim=1)
+        if cp.normalise:
+            out.norms = torch.sqrt(Z.pow(2).mean(-1) + cp.eps)
+        out.weight = cp.output_weights(Z) * (1.0 if gamma is None else gamma.to(dtype))
         out.h = out.h + torch.einsum("no,nod->nd", out.weight, Z)
     return out
 

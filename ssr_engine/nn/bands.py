@@ -27,7 +27,7 @@ from torch import nn
 
 from .sources import StoredRows, reduce_features
 
-__all__ = ["FixedBands", "SpectralIDBands", "reduce_features"]
+__all__ = ["FixedBands", "SpectralIDBands", "reduce_features", "decomposition_loss"]
 
 
 class FixedBands(nn.Module):
@@ -217,3 +217,48 @@ class SpectralIDBands(nn.Module):
     def full(self) -> torch.Tensor:
         """Band signals of every node ``[N, M, d]``."""
         return self(torch.arange(self.n_nodes, device=self.coef.device))
+
+
+def decomposition_loss(H: torch.Tensor, band_of_slot, eps: float = 1e-12) -> torch.Tensor:
+    """Cross-band correlation of each node's band slots: the SSR decomposition loss.
+
+    ``L_dec = mean_n mean_{(s, t): band(s) ≠ band(t)} cos²(H_{n,s}, H_{n,t})``.
+
+    Why per node, in the embedding space: the bands are orthogonal as graph signals by
+    construction (disjoint eigenspaces, or nearly so for Chebyshev filters), so a correlation
+    taken over the nodes is zero or near it and constrains nothing. What the bands do not
+    guarantee is that a node's band vectors point in different directions of ``R^d``; where
+    they align, the score ``h_uᵀ h_i = Σ_{b,b'} h_{u,b}ᵀ h_{i,b'}`` mixes every band with every
+    other, and the band mask and reliabilities no longer act on one frequency range at a time.
+    ``L_dec = 0`` when each node's bands are mutually orthogonal (a score is then a sum of
+    band-wise matches), ``1`` when they are parallel, about ``1/d`` for random directions.
+    Pairs of the same band (a band in two modalities) are left out: the alignment pulls those
+    together. A zero slot (no energy in that band) counts as orthogonal.
+
+    Args:
+        H: ``[n, S, d]`` band slots of ``n`` nodes.
+        band_of_slot: ``[S]`` band index of each slot.
+        eps: guards the norms of zero slots.
+
+    Returns:
+        A scalar (``0`` when no two slots are of different bands).
+
+    Example:
+        >>> import torch
+        >>> from ssr_engine.nn.bands import decomposition_loss
+        >>> e = torch.eye(3)
+        >>> float(decomposition_loss(e.expand(2, 3, 3), [0, 1, 2]))       # orthogonal
+        0.0
+        >>> float(decomposition_loss(torch.ones(2, 3, 4), [0, 1, 1]))     # parallel
+        1.0
+    """
+    bands = torch.as_tensor(list(band_of_slot), device=H.device)
+    if H.dim() != 3 or bands.numel() != H.shape[1]:
+        raise ValueError(f"expected H [n, S, d] with S = len(band_of_slot) = {bands.numel()}, "
+                         f"got {tuple(H.shape)}")
+    pairs = bands[:, None] != bands[None, :]
+    if not bool(pairs.any()) or H.shape[0] == 0:
+        return H.new_zeros(())
+    U = H * torch.rsqrt(H.pow(2).sum(-1, keepdim=True) + eps)
+    G = U @ U.transpose(1, 2)                                         # [n, S, S] cosines
+    return G.pow(2)[:, pairs].mean()

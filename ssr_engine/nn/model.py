@@ -20,8 +20,14 @@ then the content modalities in the order given; ``M`` bands each):
    item in the same band, which regularises them — on MovieLens-100k this beat aligning the
    content modalities only, see the results), band by band, on the items of the batch.
 
-``score(u, i) = h_uᵀ h_i``; ``L = L_rec + λ_mask L_mask + λ_cl L_cl + λ_reg ‖Θ‖²`` where the
-L2 term is applied, as in the baselines, to the band slots of the batch's nodes.
+``score(u, i) = h_uᵀ h_i``; the objective is
+``L = L_rec + λ_mask L_mask + λ_cl L_cl + λ_dec L_dec + λ_fus R_fus + λ_reg ‖Θ‖²``: the
+ranking loss, the mask consistency loss, the band-wise InfoNCE, the decomposition loss
+(cross-band correlation of each node's band slots,
+:func:`~ssr_engine.nn.bands.decomposition_loss`), the fusion regularisation (distance of the
+G-HSNO band-interaction tensor from its anchor, :meth:`~ssr_engine.nn.CPFusion.penalty`;
+G-HSNO fusions only) and an L2 term applied, as in the baselines, to the band slots of the
+batch's nodes. ``λ_dec`` and ``λ_fus`` default to 0 (see the README's ablations).
 
 **Band sources.** The fixed inputs of the slots — content band signals, the ID eigenbasis and
 the shared edges — come from a :class:`~ssr_engine.nn.sources.BandSource`: computed in memory
@@ -41,13 +47,17 @@ from torch import nn
 
 from ..graph import InteractionGraph
 from .alignment import SpectralInfoNCE
-from .bands import FixedBands, SpectralIDBands
+from .bands import FixedBands, SpectralIDBands, decomposition_loss
 from .fusion import CPFusion, SkipCPFusion, SumFusion
 from .modulation import BandMask, BandReliability, consistency_loss
 from .recommender import Recommender, ranking_loss
 from .sources import BandSource, StoredRows, memory_source
 
 __all__ = ["SSRModel"]
+
+#: defaults of the settings that model configurations record only when changed.
+LATER_DEFAULTS = {"fusion_init": "random", "fusion_gates": True, "fusion_norm": True,
+                  "lambda_fusion": 0.0, "lambda_dec": 0.0}
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -98,11 +108,21 @@ class SSRModel(Recommender):
             ``"mirror"``; see :class:`~ssr_engine.nn.SpectralIDBands`).
         d0: content features are reduced to at most ``d0`` dimensions by PCA.
         band_edges: ``"energy"`` (energy-balanced) or ``"uniform"`` (equal widths in λ).
+        atom: ``"slot"`` or ``"fold"``: whether the energy balance counts the ``λ = 1`` atom
+            (see :class:`~ssr_engine.spectral.SpectralBands`; in memory only, a band
+            source fixes its own edges).
         fusion: ``"sum"`` (plain sum of the modulated slots — the default, chosen on
             validation: on MovieLens-100k it beat G-HSNO clearly), ``"cp"`` (G-HSNO,
             :class:`~ssr_engine.nn.CPFusion`) or ``"cp+sum"`` (G-HSNO on a linear skip path,
             :class:`~ssr_engine.nn.SkipCPFusion`).
         n_out: output bands of the fusion (default ``n_bands``).
+        fusion_init: G-HSNO initialisation, ``"random"`` (the paper's) or ``"identity"``
+            (output band ``b`` = input band ``b``; needs ``rank >= dim``).
+        fusion_gates: G-HSNO softmax gates on.
+        fusion_norm: G-HSNO scale normalisation on (without it and with ``"identity"``,
+            G-HSNO starts as the plain sum).
+        lambda_fusion: weight of the fusion regularisation (G-HSNO fusions).
+        lambda_dec: weight of the decomposition loss.
         band_mask: use the band mask and its consistency loss.
         mask_p: band drop probability ``p``.
         lambda_mask: weight of the consistency loss.
@@ -147,7 +167,10 @@ class SSRModel(Recommender):
                  n_bands: int = 4, dim: int = 64, rank: int = 16, *, approx: str = "auto",
                  order: Optional[int] = None, id_basis: Optional[int] = None,
                  id_prior: str = "none", d0: int = 64,
-                 band_edges: str = "energy", fusion: str = "sum", n_out: Optional[int] = None,
+                 band_edges: str = "energy", atom: str = "slot", fusion: str = "sum",
+                 n_out: Optional[int] = None,
+                 fusion_init: str = "random", fusion_gates: bool = True,
+                 fusion_norm: bool = True, lambda_fusion: float = 0.0, lambda_dec: float = 0.0,
                  band_mask: bool = True, mask_p: float = 0.2, lambda_mask: float = 0.1,
                  consistency: str = "representation", align: bool = True,
                  lambda_cl: float = 0.05, tau: float = 0.2, align_items: int = 256,
@@ -157,7 +180,15 @@ class SSRModel(Recommender):
         if n_bands < 1 or dim < 1 or rank < 1 or d0 < 1 or (n_out is not None and n_out < 1):
             raise ValueError(f"n_bands, dim, rank, d0 and n_out must be >= 1, got {n_bands}, "
                              f"{dim}, {rank}, {d0}, {n_out}")
+        if lambda_fusion < 0 or lambda_dec < 0:
+            raise ValueError(f"lambda_fusion and lambda_dec must be >= 0, got {lambda_fusion}, "
+                             f"{lambda_dec}")
+        if lambda_fusion > 0 and fusion == "sum":
+            raise ValueError("lambda_fusion regularises a G-HSNO fusion; fusion='sum' has no "
+                             "factors (use fusion='cp' or 'cp+sum')")
         for opt, val, allowed in (("band_edges", band_edges, ("energy", "uniform")),
+                                  ("atom", atom, ("slot", "fold")),
+                                  ("fusion_init", fusion_init, ("random", "identity")),
                                   ("fusion", fusion, ("cp", "cp+sum", "sum")),
                                   ("consistency", consistency, ("representation",
                                                                 "prediction"))):
@@ -167,14 +198,20 @@ class SSRModel(Recommender):
         if source is None:
             feats = _check_features(graph, features)
             source = memory_source(graph, feats, n_bands, approx=approx, order=order,
-                                   id_k=id_basis, d0=d0, band_edges=band_edges, seed=seed)
+                                   id_k=id_basis, d0=d0, band_edges=band_edges, seed=seed,
+                                   atom=atom)
             bands_cfg = {"features": {k: int(v.shape[1]) for k, v in feats.items()},
                          "n_bands": n_bands, "approx": approx, "order": order,
                          "id_basis": id_basis, "d0": d0, "band_edges": band_edges}
+            if atom != "slot":                      # recorded when changed (LATER_DEFAULTS)
+                bands_cfg["atom"] = atom
         else:
             if features:
                 raise ValueError("pass either features or a band source, not both: the "
                                  "source holds the content modalities")
+            if atom != "slot":
+                raise ValueError("atom applies to bands computed in memory; a band source "
+                                 "fixes its own edges")
             if source.n_nodes != graph.n_nodes:
                 raise ValueError(f"the band source has {source.n_nodes} nodes but the graph "
                                  f"{graph.n_users} users + {graph.n_items} items")
@@ -187,9 +224,16 @@ class SSRModel(Recommender):
             "consistency": consistency, "align": align, "lambda_cl": lambda_cl, "tau": tau,
             "align_items": align_items, "reg": reg, "loss": loss, "seed": seed,
             "sparse_residual": bool(sparse_residual)}
+        # Settings added later are recorded only where they differ from their defaults, so
+        # that checkpoints written before they existed still match a default model.
+        later = {"fusion_init": fusion_init, "fusion_gates": bool(fusion_gates),
+                 "fusion_norm": bool(fusion_norm), "lambda_fusion": float(lambda_fusion),
+                 "lambda_dec": float(lambda_dec)}
+        self._config.update({k: v for k, v in later.items() if v != LATER_DEFAULTS[k]})
         self.modalities = ["id"] + list(source.content)
         self.n_bands, self.dim = source.n_bands, int(dim)
         self.reg, self.lambda_mask, self.lambda_cl = float(reg), float(lambda_mask), float(lambda_cl)
+        self.lambda_fusion, self.lambda_dec = float(lambda_fusion), float(lambda_dec)
         self.consistency, self.align_items = consistency, int(align_items)
         self.band_report = source.report
 
@@ -204,8 +248,11 @@ class SSRModel(Recommender):
         m, M = len(self.modalities), self.n_bands
         self.reliability = BandReliability(m, M)
         self.mask = BandMask(M, mask_p if band_mask else 0.0)
+        self.band_of_slot = [b for _ in range(m) for b in range(M)]     # slot s = j·M + b
         kinds = {"cp": CPFusion, "cp+sum": SkipCPFusion}
-        self.fusion = (kinds[fusion](m * M, dim, rank, n_out or M, backend=backend)
+        self.fusion = (kinds[fusion](m * M, dim, rank, n_out or M, backend=backend,
+                                     gates=fusion_gates, normalise=fusion_norm,
+                                     init=fusion_init, band_of_slot=self.band_of_slot)
                        if fusion in kinds else SumFusion())
         self.align = SpectralInfoNCE(tau) if (align and m >= 2) else None
 
@@ -288,17 +335,19 @@ class SSRModel(Recommender):
         return (x[:B] + x[B:2 * B] + x[2 * B:].view(B, n_neg).mean(1)).mean()
 
     def _fuse_batch(self, nodes: torch.Tensor, scales: torch.Tensor
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+                    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Fused vectors of ``nodes`` under each slot scale ``scales [P, m, M]`` -> ``[P, n, d]``,
-        and each node's squared slot norm ``Σ_{m,b} ‖H_{m,b}‖²`` -> ``[n]``.
+        each node's squared slot norm ``Σ_{m,b} ‖H_{m,b}‖²`` -> ``[n]``, and the decomposition
+        loss of the nodes' slots (``None`` when ``λ_dec = 0``).
 
         With the plain sum the slots are summed modality by modality, so the ``[n, m, M, d]``
         slot tensor of a batch is never formed (on a large batch the step is memory-bound,
         and this reads each modality's slots once for all scales and the norm).
         """
+        dec = None
         if isinstance(self.fusion, SumFusion):
             layers = [self.id_bands, *self.content.values()]
-            h, sq = 0.0, 0.0
+            h, sq, parts = 0.0, 0.0, []
             n = nodes.numel()
             for j, layer in enumerate(layers):
                 H = layer(nodes)                                             # [n, M, d]
@@ -306,13 +355,20 @@ class SSRModel(Recommender):
                 Hb = H.transpose(0, 1).reshape(H.shape[1], -1)
                 h = h + (scales[:, j].to(H.dtype) @ Hb).view(-1, n, self.dim)
                 sq = sq + (H * H).sum(dim=(1, 2))
-            return h, sq
+                if self.lambda_dec > 0:
+                    parts.append(H)
+            if parts:
+                dec = decomposition_loss(torch.cat(parts, 1), self.band_of_slot)
+            return h, sq, dec
         raw = self.slots(nodes)                                              # [n, m, M, d]
+        if self.lambda_dec > 0:
+            dec = decomposition_loss(raw.flatten(1, 2), self.band_of_slot)
         return (torch.stack([self.fuse(raw, s) for s in scales]),
-                raw.pow(2).sum(dim=(1, 2, 3)))
+                raw.pow(2).sum(dim=(1, 2, 3)), dec)
 
     def _batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
-        """``L = L_rec + λ_mask L_mask + λ_cl L_cl + L_reg`` of a batch of ``B`` triplets."""
+        """``L = L_rec + λ_mask L_mask + λ_cl L_cl + λ_dec L_dec + λ_fus R_fus + L_reg`` of a
+        batch of ``B`` triplets."""
         B, n_neg = neg.shape
         uniq, inv = self._batch_nodes(users, pos, neg)
         alpha = self.reliability.alpha                           # [m, M]
@@ -320,7 +376,7 @@ class SSRModel(Recommender):
         if self.mask.active:
             z = self.mask.sample(alpha.device, alpha.dtype)      # [M], shared by modalities
             scales.append(alpha * z)
-        hs, sq = self._fuse_batch(uniq, torch.stack(scales))
+        hs, sq, l_dec = self._fuse_batch(uniq, torch.stack(scales))
         h_full, h_masked = hs[0], (hs[1] if len(scales) > 1 else None)
 
         def scores(h):
@@ -348,5 +404,9 @@ class SSRModel(Recommender):
                 items = items[torch.randperm(items.numel(), device=items.device)[:self.align_items]]
             l_cl = self.align(self.slots(uniq[items]))
         l_reg = self.reg * self._triplet_mean(sq, inv, B, n_neg) / 2
-        total = rec + self.lambda_mask * l_mask + self.lambda_cl * l_cl + l_reg
-        return {"loss": total, "rec": rec, "mask": l_mask, "align": l_cl, "reg": l_reg}
+        l_dec = zero if l_dec is None else l_dec
+        l_fus = self.fusion.penalty() if self.lambda_fusion > 0 else zero
+        total = (rec + self.lambda_mask * l_mask + self.lambda_cl * l_cl
+                 + self.lambda_dec * l_dec + self.lambda_fusion * l_fus + l_reg)
+        return {"loss": total, "rec": rec, "mask": l_mask, "align": l_cl, "dec": l_dec,
+                "fusion": l_fus, "reg": l_reg}

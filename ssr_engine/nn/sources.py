@@ -264,7 +264,7 @@ class BandSource:
 def memory_source(graph: InteractionGraph, features: Mapping[str, torch.Tensor],
                   n_bands: int = 4, *, approx: str = "auto", order: Optional[int] = None,
                   id_k: Optional[int] = None, d0: int = 64, band_edges: str = "energy",
-                  seed: int = 0) -> BandSource:
+                  seed: int = 0, atom: str = "slot") -> BandSource:
     """Compute a :class:`BandSource` in memory.
 
     Content modalities: PCA-reduced to ``d0`` columns (:func:`reduce_features`), lifted to
@@ -283,6 +283,8 @@ def memory_source(graph: InteractionGraph, features: Mapping[str, torch.Tensor],
         d0: reduced width of the content features.
         band_edges: ``"energy"`` or ``"uniform"``.
         seed: seed of the white probe.
+        atom: ``"slot"`` or ``"fold"``, how the energy balance treats the ``λ = 1`` atom
+            (:class:`~ssr_engine.spectral.SpectralBands`).
 
     Example:
         >>> from ssr_engine.data import synthetic_dataset
@@ -297,7 +299,7 @@ def memory_source(graph: InteractionGraph, features: Mapping[str, torch.Tensor],
         signals[name] = x / x.pow(2).mean().sqrt().clamp_min(1e-12)
     method, solver = ("eigen", "lobpcg") if approx == "lobpcg" else (approx, "auto")
     bands = SpectralBands(graph, n_bands=n_bands, method=method, order=order,
-                          dtype=torch.float64, solver=solver)
+                          dtype=torch.float64, solver=solver, atom=atom)
     if band_edges == "energy":
         probe = (torch.cat(list(signals.values()), dim=1) if signals else
                  white_probe(0, graph.n_nodes, seed).double())

@@ -96,7 +96,7 @@ class ChebyshevPlan:
 
 def chebyshev_plan(moments: np.ndarray, n_bands: int, orders: Sequence[int],
                    balance: str = "filter", min_width: Optional[float] = None,
-                   atom_min: float = 0.02) -> ChebyshevPlan:
+                   atom_min: float = 0.02, atom: str = "slot") -> ChebyshevPlan:
     """Choose the Chebyshev order and energy-balanced edges (``method="chebyshev"``).
 
     For each order ``K`` in ``orders`` (ascending; ``moments`` must hold at least
@@ -114,6 +114,7 @@ def chebyshev_plan(moments: np.ndarray, n_bands: int, orders: Sequence[int],
         orders: candidate orders, ascending.
         balance, min_width: see :func:`band_edges`.
         atom_min: smallest atom (fraction of the energy) that edges keep clear of.
+        atom: ``"slot"`` or ``"fold"``: see :class:`SpectralBands`.
 
     Returns:
         the :class:`ChebyshevPlan` of the kept order.
@@ -138,8 +139,10 @@ def chebyshev_plan(moments: np.ndarray, n_bands: int, orders: Sequence[int],
     for K in orders:
         mom = mu[:2 * K]
         atoms = _find_atoms(mom, atom_min)
+        fold = (kpm_atoms(mom, atom_min, at=[0.0]) if atom == "fold" and mom.size >= 16
+                else [])
         t_edges = band_edges(mom, M, order=K, balance=balance, min_width=min_width,
-                             atoms=atoms)
+                             atoms=atoms, fold=fold)
         coeffs = band_coefficients(t_edges, K)
         E = np.asarray(band_energies(mom, coeffs), dtype=np.float64)
         plans.append(ChebyshevPlan(K, t_edges, coeffs, E / E.sum(), mom, atoms))
@@ -254,6 +257,17 @@ class SpectralBands:
             the device); a graph whose :func:`exact_memory_estimate` exceeds it is refused.
         atom_min: smallest reported (and, for ``"chebyshev"``, edge-guarded) atom, as a
             fraction of the energy.
+        atom: how the energy-balanced edges treat the ``λ = 1`` atom (the null space of
+            ``R̃``, of multiplicity at least ``|n_users − n_items|``): ``"slot"`` (its energy
+            counts like any other; on real graphs it then tends to get a band of its own)
+            or ``"fold"`` (its energy does not count in the balance, so the ``M`` bands share
+            the energy off the atom, and the atom lies inside the band that covers ``λ = 1``).
+            In recommendation terms the atom holds the signal on the larger side that no
+            node of the other side sees: propagation maps it to zero, so it carries no
+            collaborative information, and for the ID modality it is zero on the smaller side.
+            ``shares_`` report the true energies either way. With ``"eigen"`` only the
+            covered eigenpairs at ``λ = 1`` are folded (the uncovered middle, the residual
+            band, counts whole).
         tol: eigensolver tolerance for ``"eigen"`` (default: the solver's).
         solver: eigensolver of the partial basis for ``"eigen"``: ``"auto"``, ``"lanczos"``,
             ``"lobpcg"`` or ``"chebyshev"`` (``method`` of :func:`~ssr_engine.graph_eigs`).
@@ -292,7 +306,8 @@ class SpectralBands:
                  delta: float = 0.01, balance: str = "filter",
                  min_width: Optional[float] = None, exact_max: int = 8000,
                  exact_memory: Optional[int] = None, atom_min: float = 0.02,
-                 tol: Optional[float] = None, solver: str = "auto", backend: str = "auto"):
+                 atom: str = "slot", tol: Optional[float] = None, solver: str = "auto",
+                 backend: str = "auto"):
         if not isinstance(graph, InteractionGraph):
             raise TypeError(f"graph must be an ssr_engine.InteractionGraph, got "
                             f"{type(graph).__name__}")
@@ -309,6 +324,9 @@ class SpectralBands:
             raise ValueError(f"delta must lie in [0, 1), got {delta}")
         if balance not in ("filter", "quantile"):
             raise ValueError(f"balance must be 'filter' or 'quantile', got {balance!r}")
+        if atom not in ("slot", "fold"):
+            raise ValueError(f"atom must be 'slot' or 'fold', got {atom!r}")
+        self.atom = atom
         self.graph = graph
         self.n_bands = int(n_bands)
         self.method = method
@@ -443,7 +461,8 @@ class SpectralBands:
             auto_orders(op.nnz, 2 * x.shape[1])
         mom = kpm_moments(op, x, max(orders), backend=self._backend()).numpy()
         plan = chebyshev_plan(mom, self.n_bands, orders, balance=self.balance,
-                              min_width=self.min_width, atom_min=self.atom_min)
+                              min_width=self.min_width, atom_min=self.atom_min,
+                              atom=self.atom)
         self.order_, self._coeffs = plan.order, plan.coeffs
         self.shares_ = torch.from_numpy(plan.shares)
         self.moments_ = torch.from_numpy(plan.moments)
@@ -591,10 +610,16 @@ class SpectralBands:
         e = C.pow(2).sum(1).cpu().numpy()
         return np.r_[w, 1.0], np.r_[e, float(resid.pow(2).sum())]
 
+    def _balanced(self, w: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """The energies the edges balance: ``e``, less the ``λ = 1`` atom's with ``"fold"``."""
+        if self.atom != "fold":
+            return e
+        return np.where(np.abs(w - 1.0) <= 1e-8, 0.0, e)
+
     def _fit_exact(self, x: torch.Tensor) -> None:
         w_all, e_all = self._exact_spectrum(x)
         M = self.n_bands
-        edges = spectrum_edges(w_all, e_all, M, 0.0, 2.0).numpy()
+        edges = spectrum_edges(w_all, self._balanced(w_all, e_all), M, 0.0, 2.0).numpy()
         band = np.clip(np.searchsorted(edges[1:-1], w_all, side="right"), 0, M - 1)
         E = np.bincount(band, weights=e_all, minlength=M)
         self.edges, self._band_of, self._rest = torch.from_numpy(edges), band[:-1], int(band[-1])
@@ -609,8 +634,9 @@ class SpectralBands:
         total = r + float(e.sum())
         M = self.n_bands
         best = None
+        e_bal = self._balanced(w, e)
         for m_lo in range(M):
-            split = self._eigen_split(w, e, r, m_lo, M - 1 - m_lo)
+            split = self._eigen_split(w, e_bal, r, m_lo, M - 1 - m_lo)
             if split is None:
                 continue
             E = split[1]
@@ -621,6 +647,9 @@ class SpectralBands:
             raise ValueError(f"the partial basis of {w.size} eigenpairs cannot carry {M} "
                              "bands; raise k or lower n_bands")
         _, self._rest, band, E, edges = best
+        if self.atom == "fold":                       # report the true energies
+            E = np.bincount(band, weights=e, minlength=M)
+            E[self._rest] += r
         self._band_of = band
         self.edges = torch.tensor(edges, dtype=torch.float64)
         self.shares_ = torch.from_numpy(E / E.sum())

@@ -153,7 +153,7 @@ def _grid_size(order: int, grid: Optional[int]) -> int:
 def band_edges(moments: ArrayLike, n_bands: int, order: Optional[int] = None,
                balance: str = "filter", min_width: Optional[float] = None,
                atoms: Union[str, Sequence[Atom], None] = "auto", atom_min: float = 0.02,
-               grid: Optional[int] = None) -> torch.Tensor:
+               grid: Optional[int] = None, fold: Sequence[Atom] = ()) -> torch.Tensor:
     """Energy-balanced band edges on the Chebyshev interval ``[−1, 1]``.
 
     Args:
@@ -172,6 +172,10 @@ def band_edges(moments: ArrayLike, n_bands: int, order: Optional[int] = None,
         atom_min: smallest atom (fraction of energy) detected with ``"auto"``.
         grid: number of candidate edge positions, uniform in ``θ`` (default
             ``clip(8K, 512, 2048)``).
+        fold: atoms whose energy does not count in the balance (``balance="filter"``): each
+            band's energy ``‖h_b X‖²`` loses the atom's part ``mass · h_b(t)²``, so the bands
+            share the energy off the atoms and an atom lies inside whichever band covers it,
+            instead of claiming a band of its own.
 
     Returns:
         ``[M + 1]`` float64 ascending edges, ``edges[0] = −1`` and ``edges[-1] = 1``.
@@ -207,6 +211,8 @@ def band_edges(moments: ArrayLike, n_bands: int, order: Optional[int] = None,
     else:
         found = list(atoms)
     if balance == "quantile":
+        if fold:
+            raise ValueError("fold needs balance='filter'")
         return _quantile_edges(mu, M, found)
     K = _check_order(mu, order)
     width = default_min_width(K) if min_width is None else float(min_width)
@@ -221,6 +227,15 @@ def band_edges(moments: ArrayLike, n_bands: int, order: Optional[int] = None,
     P = S @ _gram(mu, K) @ S.T
     q = np.diag(P)
     E = q[:, None] + q[None, :] - 2.0 * P                # band energy between θ_i > θ_j
+    total = float(mu[0])
+    for a in fold:                                       # the atom's part: mass · (s_i − s_j)²
+        s = S @ np.cos(np.arange(K) * math.acos(max(-1.0, min(1.0, a.t))))
+        E = E - a.mass * (s[:, None] - s[None, :]) ** 2
+        total -= a.mass
+    if fold:
+        E = np.maximum(E, _TINY)
+        if not total > 0:
+            raise ValueError("the folded atoms hold all the energy; no band can be balanced")
     step = math.pi / (G - 1)
     min_sep = max(1, int(math.ceil(width / step - 1e-9)))
     allowed = np.ones(G, dtype=bool)
@@ -228,9 +243,9 @@ def band_edges(moments: ArrayLike, n_bands: int, order: Optional[int] = None,
         th = math.acos(max(-1.0, min(1.0, a.t)))
         allowed &= np.abs(theta - th) >= width
     allowed[[0, G - 1]] = True
-    cuts = _balance(E, M, min_sep, allowed, float(mu[0]))
+    cuts = _balance(E, M, min_sep, allowed, total)
     if not cuts and not allowed.all():
-        cuts = _balance(E, M, min_sep, np.ones(G, dtype=bool), float(mu[0]))
+        cuts = _balance(E, M, min_sep, np.ones(G, dtype=bool), total)
     if not cuts:
         raise ValueError(f"no placement of {M} bands of width >= {width:.4f} (θ) carries "
                          "energy in every band; raise the order or lower n_bands")

@@ -90,7 +90,8 @@ class LargeRun:
         n_bands, order, k, d0, reduce, store_dtype, delta, id_basis: band settings
             (:func:`~ssr_engine.train.precompute.precompute_bands`; ``id_basis`` is its
             ``id_k``).
-        dim, rank, id_prior, fusion, band_mask, mask_p, lambda_mask, consistency, align,
+        dim, rank, id_prior, fusion, n_out, fusion_init, fusion_gates, fusion_norm,
+            lambda_fusion, lambda_dec, band_mask, mask_p, lambda_mask, consistency, align,
             lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`, which
             reads its band slots from the store and updates its ID residual sparsely).
         epochs, batch_size, lr, n_neg, patience, eval_every, eval_users,
@@ -128,6 +129,12 @@ class LargeRun:
     rank: int = 16
     id_prior: str = "none"
     fusion: str = "sum"
+    n_out: Optional[int] = None
+    fusion_init: str = "random"
+    fusion_gates: bool = True
+    fusion_norm: bool = True
+    lambda_fusion: float = 0.0
+    lambda_dec: float = 0.0
     band_mask: bool = True
     mask_p: float = 0.2
     lambda_mask: float = 0.1
@@ -329,7 +336,10 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     def build(g, source):
         torch.manual_seed(opts.seed)
         return SSRModel(g, source=source, dim=opts.dim, rank=opts.rank,
-                        id_prior=opts.id_prior, fusion=opts.fusion, band_mask=opts.band_mask,
+                        id_prior=opts.id_prior, fusion=opts.fusion, n_out=opts.n_out,
+                        fusion_init=opts.fusion_init, fusion_gates=opts.fusion_gates,
+                        fusion_norm=opts.fusion_norm, lambda_fusion=opts.lambda_fusion,
+                        lambda_dec=opts.lambda_dec, band_mask=opts.band_mask,
                         mask_p=opts.mask_p, lambda_mask=opts.lambda_mask,
                         consistency=opts.consistency, align=opts.align,
                         lambda_cl=opts.lambda_cl, tau=opts.tau, reg=opts.reg, loss=opts.loss,

@@ -5,6 +5,7 @@ import torch
 
 import ssr_engine
 from ssr_engine.data import synthetic_dataset
+from ssr_engine.nn import decomposition_loss
 from tolerances import tol
 
 
@@ -40,10 +41,35 @@ def test_slots_and_embeddings_shapes(ds):
 def test_losses_and_gradients_reach_every_parameter(ds):
     m = _model(ds)
     out = m.loss(*_batch(ds))
-    assert set(out) == {"loss", "rec", "mask", "align", "reg"}
+    assert set(out) == {"loss", "rec", "mask", "align", "dec", "fusion", "reg"}
     out["loss"].backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_decomposition_and_fusion_terms_enter_the_objective(ds):
+    """λ_dec L_dec and λ_fus R_fus are added to the loss; both are 0 unless asked for; the
+    identity-initialised G-HSNO without normalisation starts as the sum fusion."""
+    plain = _model(ds).loss(*_batch(ds))
+    assert float(plain["dec"]) == 0.0 and float(plain["fusion"]) == 0.0
+    m = _model(ds, fusion="cp", rank=8, fusion_init="identity", fusion_norm=False,
+               lambda_dec=0.5, lambda_fusion=2.0, band_mask=False)
+    s = _model(ds, band_mask=False)
+    s.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("fusion.")})
+    nodes = torch.arange(ds.n_users + ds.n_items)
+    torch.testing.assert_close(m.embed(nodes), s.embed(nodes))
+    with torch.no_grad():
+        m.fusion.K.mul_(1.5)                               # R_fus = 1.5^2 - 2*1.5 + 1 = 0.25
+    torch.manual_seed(7)
+    out = m.loss(*_batch(ds))
+    assert float(out["fusion"]) == pytest.approx(0.25, rel=1e-5)
+    assert 0 < float(out["dec"]) < 1
+    parts = out["rec"] + 0.05 * out["align"] + 0.5 * out["dec"] + 2.0 * out["fusion"] + out["reg"]
+    torch.testing.assert_close(out["loss"], parts)
+    with pytest.raises(ValueError, match="fusion='sum' has no"):
+        _model(ds, lambda_fusion=0.1)
+    with pytest.raises(ValueError, match=">= 0"):
+        _model(ds, lambda_dec=-1.0)
 
 
 def test_mask_off_at_eval_and_consistency_zero_without_mask(ds):
@@ -185,15 +211,18 @@ def test_sparse_residual_touches_only_batch_rows(ds, tmp_path):
 
 @pytest.mark.parametrize("fusion", ["sum", "cp"])
 def test_batch_fusion_equals_explicit_slots(ds, fusion):
-    """The batch path (sum: modality by modality) equals fusing the explicit slot tensor."""
-    m = _model(ds, fusion=fusion).double()
+    """The batch path (sum: modality by modality) equals fusing the explicit slot tensor, and
+    its decomposition loss equals the loss of the explicit slots."""
+    m = _model(ds, fusion=fusion, lambda_dec=0.3).double()
     with torch.no_grad():
         m.reliability.rho.normal_(generator=torch.Generator().manual_seed(1))
     nodes = torch.tensor([0, 7, 59, 60, 99])
     alpha = m.reliability.alpha
     scales = torch.stack([alpha, alpha * torch.tensor([1.25, 0.0, 1.25], dtype=alpha.dtype)])
-    h, sq = m._fuse_batch(nodes, scales)
+    h, sq, dec = m._fuse_batch(nodes, scales)
     raw = m.slots(nodes)
+    torch.testing.assert_close(dec, decomposition_loss(raw.flatten(1, 2), m.band_of_slot))
+    assert m.band_of_slot == [0, 1, 2] * 3 and 0 < float(dec) < 1
     for p in range(2):
         torch.testing.assert_close(h[p], m.fuse(raw, scales[p]), rtol=tol(torch.float64),
                                    atol=1e-12)

@@ -316,3 +316,34 @@ def test_auto_order_resolves_the_atom_on_movielens(ml, exact_ml):
     atom_band = lambda b: int(np.searchsorted(b.edges.numpy()[1:-1], 1.0, side="right"))
     assert abs(float(sb.shares_[atom_band(sb)]) - float(ex.shares_[atom_band(ex)])) < 0.1
     assert mom.size == 2 * sb.order_
+
+
+@pytest.mark.parametrize("method", ["exact", "chebyshev"])
+def test_folded_atom_shares_the_bands_off_the_atom(ml, method):
+    """MovieLens-100k text: counted, the λ = 1 atom (35% of the energy) gets a band of its
+    own; folded, the bands share the energy off the atom and λ = 1 lies inside a wider band."""
+    x = ml.signals["text"]
+    order = 128 if method == "chebyshev" else None
+    fits = {a: SpectralBands(ml.graph, 4, method=method, order=order, dtype=torch.float64,
+                             atom=a).fit(x) for a in ("slot", "fold")}
+    w, e = ml.w, ml.energies("text")
+    atom = np.abs(w - 1.0) < 1e-6
+    for a, sb in fits.items():
+        edges = sb.edges.numpy()
+        b = np.clip(np.searchsorted(edges[1:-1], w, side="right"), 0, 3)
+        home = int(b[atom][0])                                   # the band holding λ = 1
+        assert (b[atom] == home).all()
+        others = b[~atom] == home                                # other eigenvalues in it
+        width = edges[home + 1] - edges[home]
+        if a == "slot":
+            # (a damped filter of order K cannot be narrower than about π/K in θ)
+            assert width < 0.06 and e[~atom][others].sum() < 0.05 * e.sum(), (method, edges)
+        else:
+            assert width > 0.1, (method, edges)
+            off = np.bincount(b[~atom], weights=e[~atom], minlength=4)
+            # the off-atom energy is balanced: every band within a factor 1.6 of the mean
+            # (Chebyshev: damped filters leak across the nominal edges)
+            assert off.max() / off.min() < (1.3 if method == "exact" else 1.6), (method, off)
+        torch.testing.assert_close(sb.shares_.sum(), torch.tensor(1.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="atom must be"):
+        SpectralBands(ml.graph, 4, atom="drop")

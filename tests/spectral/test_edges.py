@@ -103,3 +103,27 @@ def test_spectrum_edges_balance_exact(ml):
         spectrum_edges([0.5, 1.0], [1.0, -1.0], 2)
     with pytest.raises(ValueError, match="outside"):
         spectrum_edges([0.5, 2.5], [1.0, 1.0], 2)
+
+
+def test_folded_atom_balances_the_energy_off_the_atom():
+    """Folding an atom removes exactly its part of every band's energy: the edges equal those
+    of the same spectrum without the atom (both keep edges clear of it)."""
+    from ssr_engine.spectral.kpm import Atom
+    t = np.linspace(-0.95, 0.95, 301)
+    t = t[np.abs(t) > 0.02]
+    e = 1.0 + 0.6 * t + 0.3 * np.cos(3 * t)            # a smooth density, not symmetric
+    K = 64
+    T = np.cos(np.outer(np.arange(2 * K), np.arccos(t)))
+    mu_off = T @ e
+    mass = float(e.sum())                              # the atom holds half the energy
+    mu_on = mu_off + mass * np.cos(np.arange(2 * K) * math.acos(0.0))
+    atom = Atom(t=0.0, mass=mass, fraction=0.5)
+    want = band_edges(mu_off, 4, order=K, atoms=[atom])
+    got = band_edges(mu_on, 4, order=K, atoms=[atom], fold=[atom])
+    torch.testing.assert_close(got, want, atol=1e-9, rtol=0)
+    # counted in the balance (no fold), the atom claims a band of its own: two interior
+    # edges sit next to it, one on each side
+    slot = band_edges(mu_on, 4, order=K, atoms=[atom]).numpy()
+    assert ((slot[1:-1] > -0.2) & (slot[1:-1] < 0.2)).sum() == 2
+    with pytest.raises(ValueError, match="fold needs balance='filter'"):
+        band_edges(mu_on, 4, order=K, balance="quantile", fold=[atom])
