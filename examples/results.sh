@@ -49,7 +49,9 @@ for a in "fold --atom fold" \
 done
 echo "$P --data $D/amazon-baby --model lightgcn --lr 5e-3 --seed 1 --out $R/baby/abl-lightgcn-lr5e-3-s1"
 for s in 1 2 3; do
-    echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --mask-p 0.4 --seed $s --out $R/baby/cand-mp0.4-s$s"
+    for ds in amazon-baby:baby amazon-clothing:clothing; do
+        echo "$P --data $D/${ds%%:*} --model ssr --id-prior lightgcn --mask-p 0.4 --seed $s --out $R/${ds##*:}/cand-mp0.4-s$s"
+    done
 done
 # the two best MovieLens-100k candidates on seed 1 (their ablation rows), then seeds 2 and 3
 for s in 1 2 3; do

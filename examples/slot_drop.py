@@ -35,7 +35,10 @@ def main(argv=None) -> None:
     if not ckpt.is_file():
         sys.exit(f"error: {ckpt} does not exist (pass the folder given to --out)")
     ds = load_mmrec(args.data)
-    model = load_trained_model(ckpt, ds)
+    try:
+        model = load_trained_model(ckpt, ds)
+    except (TypeError, ValueError) as e:
+        sys.exit(f"error: {e}")
     truth, seen = ds.user_item_matrix(args.split), ds.user_item_matrix("train")
     nu = model.n_users
     with torch.no_grad():

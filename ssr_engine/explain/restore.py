@@ -49,8 +49,9 @@ def load_trained_model(checkpoint: PathLike, dataset: Dataset, which: str = "bes
     Raises:
         FileNotFoundError: when the checkpoint does not exist.
         TypeError: when the checkpoint holds a baseline (not an SSR model).
-        ValueError: when it is not a checkpoint, the dataset lacks a modality it used, or
-            the dataset / configuration differ from the saved ones.
+        ValueError: when it is not a checkpoint, the model read its bands from a band store,
+            the dataset lacks a modality it used, or the dataset / configuration differ from
+            the saved ones.
 
     Example:
         >>> from ssr_engine.explain import load_trained_model
@@ -67,6 +68,10 @@ def load_trained_model(checkpoint: PathLike, dataset: Dataset, which: str = "bes
         kind = mcfg.get("model") if isinstance(mcfg, dict) else mcfg
         raise TypeError(f"{path} holds a {kind!r} model, not an SSR model; explanations need "
                         "frequency bands (train with --model ssr)")
+    if "source" in mcfg:
+        raise ValueError(f"{path} holds a model that read its bands from a band store "
+                         "(--pipeline stored); this needs a model whose bands are computed in "
+                         "memory (train it with --pipeline memory)")
     if (mcfg["n_users"], mcfg["n_items"]) != (dataset.n_users, dataset.n_items):
         raise ValueError(f"{path} was trained on {mcfg['n_users']} users x {mcfg['n_items']} "
                          f"items; dataset {dataset.name!r} has {dataset.n_users} x "

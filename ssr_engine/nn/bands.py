@@ -259,6 +259,7 @@ def decomposition_loss(H: torch.Tensor, band_of_slot, eps: float = 1e-12) -> tor
     pairs = bands[:, None] != bands[None, :]
     if not bool(pairs.any()) or H.shape[0] == 0:
         return H.new_zeros(())
-    U = H * torch.rsqrt(H.pow(2).sum(-1, keepdim=True) + eps)
+    X = H.float() if H.dtype in (torch.float16, torch.bfloat16) else H  # eps underflows there
+    U = X * torch.rsqrt(X.pow(2).sum(-1, keepdim=True) + eps)
     G = U @ U.transpose(1, 2)                                         # [n, S, S] cosines
-    return G.pow(2)[:, pairs].mean()
+    return G.pow(2)[:, pairs].mean().to(H.dtype)

@@ -36,7 +36,7 @@ class CPFusion(nn.Module):
       (item popularity, user activity), which the sum fusion keeps too.
     * ``init="identity"`` (needs ``rank ≥ dim`` and ``band_of_slot``): ``K_s = Q_o = [I_d, 0]``
       and ``V_{o,s} = 1`` on the first ``d`` ranks where output ``o`` is slot ``s``'s band
-      (band ``b`` of ``M`` goes to output ``⌊b·O/M⌋``), else 0. Every ``W[o, s]`` is then
+      (band ``b`` of ``M`` goes to output ``⌊b·O/M⌋``, so ``O ≤ M``), else 0. Every ``W[o, s]`` is then
       ``I_d`` or 0: without normalisation the fusion starts as the plain sum of the slots, and
       training moves it away only as far as the loss asks.
 
@@ -121,6 +121,9 @@ class CPFusion(nn.Module):
         if bands.min() < 0:
             raise ValueError(f"band_of_slot must be >= 0, got {band_of_slot!r}")
         M = int(bands.max()) + 1
+        if O > M:
+            raise ValueError(f"init='identity' maps the {M} input bands onto the output bands; "
+                             f"n_out={O} > {M} would leave output bands without a slot")
         out = bands * O // M                                      # output band of each slot
         eye = torch.zeros(d, r)
         eye[:, :d] = torch.eye(d)
@@ -163,13 +166,17 @@ class CPFusion(nn.Module):
         return torch.einsum("no,nod->nd", self.output_weights(Z), Z)
 
     def penalty(self) -> torch.Tensor:
-        """The fusion regularisation ``Σ_{o,s} ‖W[o,s] − W⁰[o,s]‖_F² / (S·d)`` (a scalar)."""
-        K, V, Q = self.K, self.V, self.Q
+        """The fusion regularisation ``Σ_{o,s} ‖W[o,s] − W⁰[o,s]‖_F² / (S·d)`` (a scalar).
+
+        Computed in float64 (the expansion ``‖W‖² − 2⟨W, W⁰⟩ + ‖W⁰‖²`` cancels) and returned
+        in the factors' dtype, never below 0.
+        """
+        K, V, Q = self.K.double(), self.V.double(), self.Q.double()
         sq = self._sq(K, V, Q, K, V, Q)
         if self.K0 is not None:
-            K0, V0, Q0 = self.K0, self.V0, self.Q0
+            K0, V0, Q0 = self.K0.double(), self.V0.double(), self.Q0.double()
             sq = sq - 2 * self._sq(K, V, Q, K0, V0, Q0) + self._sq(K0, V0, Q0, K0, V0, Q0)
-        return sq / (self.n_slots * self.dim)
+        return (sq.clamp_min(0.0) / (self.n_slots * self.dim)).to(self.K.dtype)
 
     @staticmethod
     def _sq(K, V, Q, K2, V2, Q2) -> torch.Tensor:

@@ -183,9 +183,17 @@ class SSRModel(Recommender):
         if lambda_fusion < 0 or lambda_dec < 0:
             raise ValueError(f"lambda_fusion and lambda_dec must be >= 0, got {lambda_fusion}, "
                              f"{lambda_dec}")
-        if lambda_fusion > 0 and fusion == "sum":
-            raise ValueError("lambda_fusion regularises a G-HSNO fusion; fusion='sum' has no "
-                             "factors (use fusion='cp' or 'cp+sum')")
+        if fusion == "sum":
+            unused = [name for name, val, default in (
+                ("lambda_fusion", lambda_fusion, 0.0), ("fusion_init", fusion_init, "random"),
+                ("fusion_gates", fusion_gates, True), ("fusion_norm", fusion_norm, True),
+                ("n_out", n_out, None)) if val != default]
+            if unused:
+                raise ValueError(f"{', '.join(unused)} set a G-HSNO fusion; fusion='sum' has "
+                                 f"no factors (use fusion='cp' or 'cp+sum')")
+        if atom == "fold" and band_edges == "uniform":
+            raise ValueError("atom='fold' changes the energy balance; band_edges='uniform' "
+                             "has none (use band_edges='energy')")
         for opt, val, allowed in (("band_edges", band_edges, ("energy", "uniform")),
                                   ("atom", atom, ("slot", "fold")),
                                   ("fusion_init", fusion_init, ("random", "identity")),

@@ -139,8 +139,10 @@ def chebyshev_plan(moments: np.ndarray, n_bands: int, orders: Sequence[int],
     for K in orders:
         mom = mu[:2 * K]
         atoms = _find_atoms(mom, atom_min)
-        fold = (kpm_atoms(mom, atom_min, at=[0.0]) if atom == "fold" and mom.size >= 16
-                else [])
+        if atom == "fold" and mom.size < 16:
+            raise ValueError(f"atom='fold' needs order >= 8 to resolve the λ = 1 atom, got "
+                             f"order {K}")
+        fold = kpm_atoms(mom, atom_min, at=[0.0]) if atom == "fold" else []
         t_edges = band_edges(mom, M, order=K, balance=balance, min_width=min_width,
                              atoms=atoms, fold=fold)
         coeffs = band_coefficients(t_edges, K)
@@ -326,6 +328,9 @@ class SpectralBands:
             raise ValueError(f"balance must be 'filter' or 'quantile', got {balance!r}")
         if atom not in ("slot", "fold"):
             raise ValueError(f"atom must be 'slot' or 'fold', got {atom!r}")
+        if atom == "fold" and balance == "quantile":
+            raise ValueError("atom='fold' needs balance='filter' (quantile edges place atoms "
+                             "as steps of the cumulative energy)")
         self.atom = atom
         self.graph = graph
         self.n_bands = int(n_bands)

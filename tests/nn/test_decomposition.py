@@ -29,6 +29,10 @@ def test_same_band_pairs_and_zero_slots_do_not_count():
     Z = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
     assert float(decomposition_loss(Z, [0, 1])) == 0.0
     assert float(decomposition_loss(H, [0, 0, 0])) == 0.0          # one band: no pairs
+    half = Z.half().requires_grad_()                                 # 1e-12 underflows there
+    v = decomposition_loss(half, [0, 1])
+    v.backward()
+    assert float(v) == 0.0 and torch.isfinite(half.grad).all()
 
 
 def test_gradient_pushes_bands_apart():

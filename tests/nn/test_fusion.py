@@ -114,6 +114,23 @@ def test_identity_init_refuses_a_rank_below_dim_and_missing_bands():
         CPFusion(4, 8, 8, init="identity")
     with pytest.raises(ValueError, match="init must be"):
         CPFusion(4, 8, 8, init="eye")
+    with pytest.raises(ValueError, match="without a slot"):
+        CPFusion(4, 8, 8, n_out=3, init="identity", band_of_slot=[0, 1, 0, 1])
+
+
+def test_penalty_is_never_negative_in_float32():
+    # a tiny deviation from the identity anchor: the expansion ‖W‖² − 2⟨W, W⁰⟩ + ‖W⁰‖²
+    # cancels to rounding level, which float32 arithmetic could push below 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        f = CPFusion(40, 16, 16, n_out=4, init="identity", band_of_slot=[b % 4 for b in range(40)])
+        with torch.no_grad():
+            f.K.add_(1e-5 * torch.randn_like(f.K))
+        W0 = torch.einsum("oir,osr,sjr->osij", f.Q0, f.V0, f.K0).double()
+        want = (_dense(f).double() - W0).pow(2).sum() / (40 * 16)
+        got = f.penalty()
+        assert got.dtype == torch.float32 and float(got) >= 0.0
+        assert float(got) == pytest.approx(float(want), rel=1e-3, abs=1e-12)
 
 
 def test_penalty_is_the_distance_of_the_dense_tensor_from_its_anchor():
@@ -139,5 +156,5 @@ def test_penalty_is_the_distance_of_the_dense_tensor_from_its_anchor():
     assert torch.allclose(pen, want, rtol=1e-10)
     pen.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (g.K, g.V, g.Q))
-    sk = SkipCPFusion(S, d, 6, init="identity", band_of_slot=[0, 1, 0, 1])
+    sk = SkipCPFusion(S, d, 6, n_out=2, init="identity", band_of_slot=[0, 1, 0, 1])
     assert float(sk.penalty()) == pytest.approx(0.0, abs=1e-6)

@@ -66,8 +66,12 @@ def test_decomposition_and_fusion_terms_enter_the_objective(ds):
     assert 0 < float(out["dec"]) < 1
     parts = out["rec"] + 0.05 * out["align"] + 0.5 * out["dec"] + 2.0 * out["fusion"] + out["reg"]
     torch.testing.assert_close(out["loss"], parts)
-    with pytest.raises(ValueError, match="fusion='sum' has no"):
-        _model(ds, lambda_fusion=0.1)
+    for kw in ({"lambda_fusion": 0.1}, {"fusion_init": "identity"}, {"fusion_gates": False},
+               {"fusion_norm": False}, {"n_out": 2}):
+        with pytest.raises(ValueError, match="fusion='sum' has no"):
+            _model(ds, **kw)
+    with pytest.raises(ValueError, match="band_edges='uniform' has none"):
+        _model(ds, atom="fold", band_edges="uniform")
     with pytest.raises(ValueError, match=">= 0"):
         _model(ds, lambda_dec=-1.0)
 

@@ -347,3 +347,5 @@ def test_folded_atom_shares_the_bands_off_the_atom(ml, method):
         torch.testing.assert_close(sb.shares_.sum(), torch.tensor(1.0, dtype=torch.float64))
     with pytest.raises(ValueError, match="atom must be"):
         SpectralBands(ml.graph, 4, atom="drop")
+    with pytest.raises(ValueError, match="needs balance='filter'"):
+        SpectralBands(ml.graph, 4, atom="fold", balance="quantile")

@@ -127,3 +127,11 @@ def test_folded_atom_balances_the_energy_off_the_atom():
     assert ((slot[1:-1] > -0.2) & (slot[1:-1] < 0.2)).sum() == 2
     with pytest.raises(ValueError, match="fold needs balance='filter'"):
         band_edges(mu_on, 4, order=K, balance="quantile", fold=[atom])
+    from ssr_engine.spectral.bands import chebyshev_plan
+    with pytest.raises(ValueError, match="needs order >= 8"):
+        chebyshev_plan(mu_on, 2, (6,), atom="fold")
+    # through the plan (atoms found in the moments, not given): with the fold the atom no
+    # longer gets a band of its own
+    near = {a: int(((e[1:-1] > -0.2) & (e[1:-1] < 0.2)).sum()) for a in ("slot", "fold")
+            for e in [np.asarray(chebyshev_plan(mu_on, 4, (K,), atom=a).t_edges)]}
+    assert near == {"slot": 2, "fold": 1}, near
