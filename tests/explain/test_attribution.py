@@ -39,8 +39,12 @@ def _train(model, ds, steps, batch=256, seed=0):
     return model.eval()
 
 
-VARIANTS = {"cp": {}, "id_only": {"features": None}, "sum": {"fusion": "sum"},
-            "cp_sum": {"fusion": "cp+sum"}, "n_out_2": {"n_out": 2}, "one_band": {"n_bands": 1}}
+VARIANTS = {"cp": {"fusion": "cp"}, "id_only": {"features": None, "fusion": "cp"},
+            "sum": {"fusion": "sum"}, "cp_sum": {"fusion": "cp+sum"},
+            "n_out_2": {"fusion": "cp", "n_out": 2}, "one_band": {"n_bands": 1, "fusion": "cp"},
+            "cp_identity": {"fusion": "cp", "rank": 8, "fusion_init": "identity",
+                            "fusion_norm": False},
+            "cp_no_gates": {"fusion": "cp+sum", "fusion_gates": False}}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -56,7 +60,15 @@ def test_fusion_terms_reproduce_the_model_vectors(trained, ds):
                           atol=tol(torch.float32))
     if t.keyed is not None:
         gamma = trained.fusion.gamma.detach() if hasattr(trained.fusion, "gamma") else 1.0
-        assert torch.allclose(t.weight, gamma * t.gates / t.norms)
+        cp = getattr(trained.fusion, "cp", trained.fusion)
+        O = t.weight.shape[1]
+        want = gamma * torch.ones_like(t.weight)                 # c_o of each variant
+        if cp.gates:
+            want = want * t.gates * (1 if cp.normalise else O)
+        if cp.normalise:
+            want = want / t.norms
+        assert (t.gates is None) != cp.gates and (t.norms is None) != cp.normalise
+        assert torch.allclose(t.weight, want)
 
 
 @pytest.mark.parametrize("side", ["item", "user", "symmetric"])
