@@ -139,7 +139,11 @@ def test_explicit_items_use_the_model_scores(trained):
     a = attribute(trained, users, items)
     assert a.items.shape == (3, 1)
     assert torch.allclose(a.scores[:, 0], trained.score(users, items))
-    assert float(a.relative_error().max()) <= tol(torch.float32, "attribution")
+    # the float64 attribution against the float32 model's own score: in the paper's G-HSNO
+    # form (gates, normalisation) float32 rounding reaches ~2e-5 on a small score, so this
+    # compares two computations of one quantity ("close"); exactness is checked in float64
+    # (test_float64_model_is_exact_on_all_pairs)
+    assert float(a.relative_error().max()) <= tol(torch.float32, "close")
 
 
 def test_skip_path_is_its_own_output(ds):
