@@ -57,7 +57,9 @@ __all__ = ["SSRModel"]
 
 #: defaults of the settings that model configurations record only when changed.
 LATER_DEFAULTS = {"fusion_init": "random", "fusion_gates": True, "fusion_norm": True,
-                  "lambda_fusion": 0.0, "lambda_dec": 0.0}
+                  "lambda_fusion": 0.0, "lambda_dec": 0.0, "atom": "slot"}
+#: the later settings that only a G-HSNO fusion uses.
+_GHSNO_ONLY = ("lambda_fusion", "fusion_init", "fusion_gates", "fusion_norm")
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -183,11 +185,14 @@ class SSRModel(Recommender):
         if lambda_fusion < 0 or lambda_dec < 0:
             raise ValueError(f"lambda_fusion and lambda_dec must be >= 0, got {lambda_fusion}, "
                              f"{lambda_dec}")
+        # Settings added later are recorded only where they differ from their defaults, so
+        # that checkpoints written before they existed still match a default model.
+        later = {"fusion_init": fusion_init, "fusion_gates": bool(fusion_gates),
+                 "fusion_norm": bool(fusion_norm), "lambda_fusion": float(lambda_fusion),
+                 "lambda_dec": float(lambda_dec), "atom": atom}
+        later = {k: v for k, v in later.items() if v != LATER_DEFAULTS[k]}
         if fusion == "sum":
-            unused = [name for name, val, default in (
-                ("lambda_fusion", lambda_fusion, 0.0), ("fusion_init", fusion_init, "random"),
-                ("fusion_gates", fusion_gates, True), ("fusion_norm", fusion_norm, True),
-                ("n_out", n_out, None)) if val != default]
+            unused = [k for k in _GHSNO_ONLY if k in later] + (["n_out"] if n_out is not None else [])
             if unused:
                 raise ValueError(f"{', '.join(unused)} set a G-HSNO fusion; fusion='sum' has "
                                  f"no factors (use fusion='cp' or 'cp+sum')")
@@ -211,8 +216,6 @@ class SSRModel(Recommender):
             bands_cfg = {"features": {k: int(v.shape[1]) for k, v in feats.items()},
                          "n_bands": n_bands, "approx": approx, "order": order,
                          "id_basis": id_basis, "d0": d0, "band_edges": band_edges}
-            if atom != "slot":                      # recorded when changed (LATER_DEFAULTS)
-                bands_cfg["atom"] = atom
         else:
             if features:
                 raise ValueError("pass either features or a band source, not both: the "
@@ -232,12 +235,7 @@ class SSRModel(Recommender):
             "consistency": consistency, "align": align, "lambda_cl": lambda_cl, "tau": tau,
             "align_items": align_items, "reg": reg, "loss": loss, "seed": seed,
             "sparse_residual": bool(sparse_residual)}
-        # Settings added later are recorded only where they differ from their defaults, so
-        # that checkpoints written before they existed still match a default model.
-        later = {"fusion_init": fusion_init, "fusion_gates": bool(fusion_gates),
-                 "fusion_norm": bool(fusion_norm), "lambda_fusion": float(lambda_fusion),
-                 "lambda_dec": float(lambda_dec)}
-        self._config.update({k: v for k, v in later.items() if v != LATER_DEFAULTS[k]})
+        self._config.update(later)
         self.modalities = ["id"] + list(source.content)
         self.n_bands, self.dim = source.n_bands, int(dim)
         self.reg, self.lambda_mask, self.lambda_cl = float(reg), float(lambda_mask), float(lambda_cl)
