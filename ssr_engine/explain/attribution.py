@@ -132,7 +132,7 @@ def fusion_terms(model, nodes: torch.Tensor, dtype: torch.dtype = torch.float64)
     if cp is not None:
         K = cp.K.to(dtype) * a[:, None, None]
         P = torch.einsum("nsd,sdr->nsr", H, K)
-        Z = torch.einsum("odr,osr,nsr->nod", cp.Q.to(dtype), cp.V.to(dtype), P)  # [n, O, d]
+        Z = cp.band_outputs(P)                                                  # [n, O, d]
         out.keyed = P
         if cp.gates:
             out.gates = torch.softmax(Z @ cp.w.to(dtype), dim=1)

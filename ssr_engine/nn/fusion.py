@@ -143,6 +143,10 @@ class CPFusion(nn.Module):
         """Gates and scale normalisation both on: the form the fused kernels compute."""
         return self.gates and self.normalise
 
+    def band_outputs(self, P: torch.Tensor) -> torch.Tensor:
+        """Output bands ``Z_o = Q_o Σ_s V_{o,s} ⊙ P_s`` of keyed slots ``P [n, S, r]`` -> ``[n, O, d]``."""
+        return torch.einsum("odr,osr,nsr->nod", self.Q.to(P.dtype), self.V.to(P.dtype), P)
+
     def output_weights(self, Z: torch.Tensor) -> torch.Tensor:
         """Per-node weights ``[n, O]`` of the output bands ``Z [n, O, d]``: ``h = Σ_o c_o Z_o``."""
         c = torch.ones(Z.shape[:2], dtype=Z.dtype, device=Z.device)
@@ -161,8 +165,7 @@ class CPFusion(nn.Module):
         K = self.K if scale is None else self.K * scale.to(self.K.dtype)[:, None, None]
         if self.paper_form:
             return ops.cp_fusion(H, K, self.V, self.Q, self.w, self.eps, self.backend)
-        P = torch.einsum("nsd,sdr->nsr", H, K)
-        Z = torch.einsum("odr,osr,nsr->nod", self.Q, self.V, P)
+        Z = self.band_outputs(torch.einsum("nsd,sdr->nsr", H, K))
         return torch.einsum("no,nod->nd", self.output_weights(Z), Z)
 
     def penalty(self) -> torch.Tensor:
