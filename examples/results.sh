@@ -48,6 +48,23 @@ for a in "fold --atom fold" \
     echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed 1 --out $R/baby/abl-$name-s1 $*"
 done
 echo "$P --data $D/amazon-baby --model lightgcn --lr 5e-3 --seed 1 --out $R/baby/abl-lightgcn-lr5e-3-s1"
+# the ablations of the loss terms, bands and fusion variants on Baby (seed 1; ID only, so no
+# alignment row)
+for a in "nomask --no-mask" "nocons --lambda-mask 0" "cp --fusion cp" "M1 --n-bands 1" \
+         "uniform --band-edges uniform" "dec0.1 --lambda-dec 0.1" \
+         "cpid --fusion cp --rank 64 --fusion-init identity --no-fusion-norm" \
+         "cp-f0.1 --fusion cp --lambda-fusion 0.1" "cpsum --fusion cp+sum"; do
+    set -- $a; name=$1; shift
+    echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed 1 --out $R/baby/abl-$name-s1 $*"
+done
+# G-HSNO with its own learning rate / weight decay, and other ranks and output-band counts
+# (MovieLens-100k, seed 1)
+for a in "cp-flr1e-4 --fusion cp --fusion-lr 1e-4" "cp-fwd1e-3 --fusion cp --fusion-wd 1e-3" \
+         "cpid-f1-flr1e-4 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1 --fusion-lr 1e-4" \
+         "cp-r64 --fusion cp --rank 64" "cp-nout2 --fusion cp --n-out 2"; do
+    set -- $a; name=$1; shift
+    echo "$P --data $D/movielens-100k --model ssr --seed 1 --out $R/ml/abl-$name-s1 $*"
+done
 for s in 1 2 3; do
     for ds in amazon-baby:baby amazon-clothing:clothing; do
         echo "$P --data $D/${ds%%:*} --model ssr --id-prior lightgcn --mask-p 0.4 --seed $s --out $R/${ds##*:}/cand-mp0.4-s$s"

@@ -119,6 +119,8 @@ _ONLY = {
     "band_edges": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
     "atom": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
     "report": ("SSR in memory", lambda a, st: a.model == "ssr" and not st),
+    **{d: ("SSR with --fusion cp or cp+sum", lambda a, st: a.model == "ssr" and a.fusion != "sum")
+       for d in ("fusion_lr", "fusion_wd")},
     "layers": ("LightGCN", lambda a, st: a.model == "lightgcn"),
     "shrink": ("--update", lambda a, st: False),
 }
@@ -229,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="G-HSNO without its scale normalisation")
     g.add_argument("--lambda-fusion", type=NONNEG_FLOAT, default=0.0,
                    help="weight of the G-HSNO fusion regularisation")
+    g.add_argument("--fusion-lr", type=POS_FLOAT, default=None,
+                   help="learning rate of the G-HSNO factors (default: --lr)")
+    g.add_argument("--fusion-wd", type=NONNEG_FLOAT, default=0.0,
+                   help="Adam weight decay of the G-HSNO factors only")
     g.add_argument("--lambda-dec", type=NONNEG_FLOAT, default=0.0,
                    help="weight of the decomposition loss (cross-band correlation)")
     g.add_argument("--no-mask", action="store_true", help="ablation: no band mask")
@@ -296,7 +302,8 @@ def stored_options(args) -> LargeRun:
         mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
         align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
         loss=args.loss, epochs=default_epochs(args), batch_size=args.batch_size,
-        lr=args.lr, n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
+        lr=args.lr, fusion_lr=args.fusion_lr, fusion_weight_decay=args.fusion_wd,
+        n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
         eval_users=args.eval_users or None, checkpoint_every=args.checkpoint_every)
 
 
@@ -336,6 +343,7 @@ def run_in_memory(args, ds, t0: float) -> dict:
     batch = (default_batch_size(int((ds.split == 0).sum())) if args.batch_size is None
              else args.batch_size)
     cfg = TrainConfig(epochs=default_epochs(args), batch_size=batch, lr=args.lr,
+                      fusion_lr=args.fusion_lr, fusion_weight_decay=args.fusion_wd,
                       n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
                       eval_users=args.eval_users or None, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, quiet=args.quiet,

@@ -288,6 +288,10 @@ class SSRModel(Recommender):
         ids = self.id_bands
         return [ids.residual.weight] if ids.sparse and ids.residual_band is not None else []
 
+    def fusion_parameters(self):
+        """The G-HSNO factors (none with the plain sum)."""
+        return [] if isinstance(self.fusion, SumFusion) else list(self.fusion.parameters())
+
     def slots(self, nodes: torch.Tensor) -> torch.Tensor:
         """Band slots of nodes (users first, items offset by ``n_users``): ``[n, m, M, d]``."""
         parts = [self.id_bands(nodes)] + [layer(nodes) for layer in self.content.values()]

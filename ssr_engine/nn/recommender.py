@@ -85,6 +85,11 @@ class Recommender(nn.Module):
         unless a subclass says otherwise."""
         return []
 
+    def fusion_parameters(self):
+        """Parameters of a learned fusion (the trainer can give them their own learning rate
+        and weight decay); none unless a subclass says otherwise."""
+        return []
+
     def check_inputs(self, nodes: torch.Tensor) -> None:
         """Raise ValueError when the fixed inputs of ``nodes`` (users first, items offset by
         ``n_users``) are damaged; the trainer calls it after a non-finite loss. Models with

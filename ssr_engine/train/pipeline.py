@@ -94,8 +94,8 @@ class LargeRun:
             lambda_fusion, lambda_dec, band_mask, mask_p, lambda_mask, consistency, align,
             lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`, which
             reads its band slots from the store and updates its ID residual sparsely).
-        epochs, batch_size, lr, n_neg, patience, eval_every, eval_users,
-            checkpoint_every: training settings (:class:`~ssr_engine.train.TrainConfig`;
+        epochs, batch_size, lr, fusion_lr, fusion_weight_decay, n_neg, patience, eval_every,
+            eval_users, checkpoint_every: training settings (:class:`~ssr_engine.train.TrainConfig`;
             ``batch_size`` ``None``: :func:`~ssr_engine.train.trainer.default_batch_size`).
         update, update_from, shrink: a file of new training interactions, the folder of the
             run to continue with them, and the scale of the carried-over vectors
@@ -147,6 +147,8 @@ class LargeRun:
     epochs: int = 5
     batch_size: Optional[int] = None
     lr: float = 1e-3
+    fusion_lr: Optional[float] = None
+    fusion_weight_decay: float = 0.0
     n_neg: int = 1
     patience: int = 20
     eval_every: int = 1
@@ -357,6 +359,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     gc.collect()
     batch = default_batch_size(n_train) if opts.batch_size is None else opts.batch_size
     cfg = TrainConfig(epochs=opts.epochs, batch_size=batch, lr=opts.lr,
+                      fusion_lr=opts.fusion_lr, fusion_weight_decay=opts.fusion_weight_decay,
                       n_neg=opts.n_neg, patience=opts.patience, eval_every=opts.eval_every,
                       eval_users=opts.eval_users, seed=opts.seed,
                       checkpoint_every=opts.checkpoint_every, quiet=opts.quiet,

@@ -33,6 +33,7 @@ not grow with the graph when the model's are constant:
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import signal
 import threading
@@ -98,6 +99,9 @@ class TrainConfig:
         lr: learning rate of Adam (dense parameters) and SparseAdam (sparse ones).
         weight_decay: Adam weight decay (0: the models regularise their own embeddings;
             refused for models with sparse parameters).
+        fusion_lr: learning rate of the fusion's own parameters (the G-HSNO factors, the
+            model's ``fusion_parameters()``; ``None``: ``lr``).
+        fusion_weight_decay: Adam weight decay of the fusion's parameters only.
         n_neg: negatives per positive.
         patience: evaluations without improvement before stopping.
         eval_every: epochs between validation evaluations.
@@ -121,6 +125,8 @@ class TrainConfig:
     batch_size: int = BATCH_SIZE
     lr: float = 1e-3
     weight_decay: float = 0.0
+    fusion_lr: Optional[float] = None
+    fusion_weight_decay: float = 0.0
     n_neg: int = 1
     patience: int = 20
     eval_every: int = 1
@@ -136,12 +142,42 @@ class TrainConfig:
 
     def identity(self) -> Dict:
         """The settings that define the run (a checkpoint must match them to resume): all but
-        ``epochs``, ``patience``, ``quiet``, ``log``, ``checkpoint_every`` and ``threads``."""
+        ``epochs``, ``patience``, ``quiet``, ``log``, ``checkpoint_every`` and ``threads``.
+        The fusion's own settings count only when set (checkpoints from before them resume)."""
         d = asdict(self)
         for k in ("epochs", "patience", "quiet", "log", "checkpoint_every", "threads"):
             d.pop(k)
+        for k, default in FUSION_DEFAULTS.items():
+            if d[k] == default:
+                d.pop(k)
         d["ks"] = list(d["ks"])
         return d
+
+#: defaults of the fusion's own optimiser settings (left out of a run's identity when unset).
+FUSION_DEFAULTS = {"fusion_lr": None, "fusion_weight_decay": 0.0}
+
+
+def _param_groups(model, cfg: TrainConfig) -> List[Dict]:
+    """Adam's parameter groups: the dense parameters, and the fusion's apart from them when
+    it has its own learning rate or weight decay."""
+    dense = list(model.dense_parameters())
+    own = cfg.fusion_lr is not None or cfg.fusion_weight_decay != 0.0
+    if cfg.fusion_lr is not None and not (math.isfinite(cfg.fusion_lr) and cfg.fusion_lr > 0):
+        raise ValueError(f"fusion_lr must be a positive number, got {cfg.fusion_lr}")
+    if not (math.isfinite(cfg.fusion_weight_decay) and cfg.fusion_weight_decay >= 0):
+        raise ValueError(f"fusion_weight_decay must be >= 0, got {cfg.fusion_weight_decay}")
+    if not own:
+        return [{"params": dense}]
+    fusion = list(model.fusion_parameters())
+    if not fusion:
+        raise ValueError(f"fusion_lr / fusion_weight_decay set the G-HSNO factors' optimiser; "
+                         f"this {type(model).__name__} has none (SSRModel with fusion='cp' or "
+                         f"'cp+sum' has)")
+    ids = {id(p) for p in fusion}
+    return [{"params": [p for p in dense if id(p) not in ids]},
+            {"params": fusion, "lr": cfg.lr if cfg.fusion_lr is None else cfg.fusion_lr,
+             "weight_decay": cfg.fusion_weight_decay}]
+
 
 class Interrupted(Exception):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint.
@@ -341,7 +377,7 @@ class Trainer:
                 self.net = DistributedDataParallel(model)
         else:
             self.net = model
-        self.opt = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr,
+        self.opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr,
                                     weight_decay=cfg.weight_decay)
         self.sparse_opt = torch.optim.SparseAdam(sparse, lr=cfg.lr) if sparse else None
         self.eval_users = self._sample_eval_users()

@@ -162,6 +162,8 @@ def test_disk_full_during_the_checkpoint_write_exits_1_and_keeps_it(script, tmp_
     (["--model", "ssr", "--approx", "chebyshev", "--layers", "2"], "--layers"),
     (["--model", "ssr", "--approx", "chebyshev", "--k", "8"], "--k"),
     (["--model", "mf", "--n-bands", "2"], "--n-bands"),
+    (["--model", "ssr", "--fusion-lr", "1e-4"], "--fusion-lr"),
+    (["--model", "ssr", "--fusion", "sum", "--fusion-wd", "1e-4"], "--fusion-wd"),
 ])
 def test_a_flag_the_run_does_not_use_is_refused(script, extra, flag):
     # before: ignored silently
@@ -175,7 +177,8 @@ def test_flags_the_run_uses_pass(script):
     for argv in (["--model", "lightgcn", "--layers", "2", "--eval-users", "10"],
                  ["--approx", "chebyshev", "--d0", "8", "--id-basis", "4", "--reduce", "random"],
                  ["--pipeline", "stored", "--approx", "eigen", "--k", "8"],
-                 ["--pipeline", "memory", "--band-edges", "uniform", "--id-prior", "lightgcn"]):
+                 ["--pipeline", "memory", "--band-edges", "uniform", "--id-prior", "lightgcn"],
+                 ["--fusion", "cp", "--fusion-lr", "1e-4", "--fusion-wd", "1e-5"]):
         args = script["parse_args"](argv)
         script["refuse_unused"](args, script["use_stored"](args, 600))
 

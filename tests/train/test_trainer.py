@@ -211,3 +211,57 @@ def test_test_groups_report_users_without_training_and_activity_quartiles(ds):
     res = Trainer(ssr_engine.MFBPR(d2.train_graph(), dim=8), d2, cold).fit()
     assert res.test_cold["n_users"] == res.test["n_users"]
     assert any("100% of the test users are cold-start" in n for n in result_notes(res, cold))
+
+
+def _ssr_cp(ds, fusion="cp", seed=0):
+    seed_everything(seed)
+    return ssr_engine.SSRModel(ds.train_graph(), {}, n_bands=2, dim=16, rank=4, fusion=fusion,
+                               approx="exact", seed=seed)
+
+
+def test_fusion_factors_get_their_own_learning_rate_and_weight_decay(ds):
+    model = _ssr_cp(ds)
+    cfg = TrainConfig(lr=1e-2, fusion_lr=1e-4, fusion_weight_decay=1e-3, batch_size=256,
+                      quiet=True, seed=0)
+    tr = Trainer(model, ds, cfg)
+    groups = tr.opt.param_groups
+    fusion = {id(p) for p in model.fusion.parameters()}
+    assert fusion and len(groups) == 2
+    assert {id(p) for p in groups[1]["params"]} == fusion
+    assert groups[1]["lr"] == 1e-4 and groups[1]["weight_decay"] == 1e-3
+    assert groups[0]["lr"] == 1e-2 and groups[0]["weight_decay"] == 0.0
+    assert not fusion & {id(p) for p in groups[0]["params"]}
+    n_all = sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g["params"]) for g in groups) == n_all
+
+
+def test_a_tiny_fusion_learning_rate_freezes_the_factors_only(ds):
+    model = _ssr_cp(ds)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tr = Trainer(model, ds, TrainConfig(lr=1e-2, fusion_lr=1e-12, batch_size=256, quiet=True,
+                                        seed=0))
+    tr.train_epoch()
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    fus = [n for n in moved if n.startswith("fusion.")]
+    rest = [n for n in moved if not n.startswith("fusion.")]
+    assert fus and max(moved[n] for n in fus) < 1e-9
+    assert max(moved[n] for n in rest) > 1e-4
+
+
+def test_fusion_settings_are_refused_without_fusion_factors(ds):
+    for model in (_mf(ds), _ssr_cp(ds, fusion="sum")):
+        with pytest.raises(ValueError, match="has none"):
+            Trainer(model, ds, TrainConfig(fusion_lr=1e-3, quiet=True))
+        with pytest.raises(ValueError, match="has none"):
+            Trainer(model, ds, TrainConfig(fusion_weight_decay=1e-3, quiet=True))
+    for bad in (dict(fusion_lr=0.0), dict(fusion_lr=-1e-3), dict(fusion_lr=float("nan")),
+                dict(fusion_weight_decay=-1.0)):
+        with pytest.raises(ValueError, match="fusion_"):
+            Trainer(_ssr_cp(ds), ds, TrainConfig(quiet=True, **bad))
+
+
+def test_fusion_settings_count_in_the_identity_only_when_set():
+    plain = TrainConfig().identity()
+    assert "fusion_lr" not in plain and "fusion_weight_decay" not in plain
+    own = TrainConfig(fusion_lr=1e-4, fusion_weight_decay=1e-3).identity()
+    assert own["fusion_lr"] == 1e-4 and own["fusion_weight_decay"] == 1e-3
