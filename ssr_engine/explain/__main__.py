@@ -19,6 +19,16 @@ from .report import explain_user, read_item_names, write_report
 from .restore import load_trained_model
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ssr_engine.explain",
                                 description=__doc__.splitlines()[0])
@@ -27,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modalities", nargs="*", default=None,
                    help="feature modalities to load (default: all *_feat.npy)")
     p.add_argument("--user", type=int, nargs="+", required=True, help="user id(s) to explain")
-    p.add_argument("--k", type=int, default=10, help="list length")
+    p.add_argument("--k", type=_positive, default=10, help="list length")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--side", choices=("item", "user", "symmetric"), default="item",
                    help="attribution side (default: item)")
@@ -43,12 +53,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
-    ds = load_mmrec(args.data, modalities=args.modalities)
+    try:
+        ds = load_mmrec(args.data, modalities=args.modalities)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read the dataset in {args.data}: {e}") from None
     bad = [u for u in args.user if not 0 <= u < ds.n_users]
     if bad:
         raise SystemExit(f"error: user id(s) {bad} out of range [0, {ds.n_users}) for "
                          f"dataset {ds.name!r}")
-    model = load_trained_model(args.checkpoint, ds, which=args.which, device=args.device)
+    try:
+        model = load_trained_model(args.checkpoint, ds, which=args.which, device=args.device)
+    except (OSError, ValueError, TypeError) as e:
+        # a missing or damaged checkpoint, another dataset's, a band-store or baseline model
+        raise SystemExit(f"error: {e}") from None
     names_path: Optional[Path] = args.item_names
     if names_path is None and (args.data / "items.tsv").is_file():
         names_path = args.data / "items.tsv"

@@ -45,3 +45,19 @@ def test_cli_bad_user(tiny_run, tmp_path):
     with pytest.raises(SystemExit, match=r"user id\(s\) \[80\] out of range \[0, 80\)"):
         main(["--checkpoint", str(ckpt), "--data", str(data), "--user", "80",
               "--out", str(tmp_path)])
+
+
+def test_cli_names_a_checkpoint_it_cannot_use_without_a_traceback(tiny_run, tmp_path):
+    data, ckpt, _, _ = tiny_run
+    args = ["--data", str(data), "--user", "0", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"^error: checkpoint .*missing\.pt does not exist"):
+        main(["--checkpoint", str(tmp_path / "missing.pt"), *args])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"^error: .*junk\.pt"):
+        main(["--checkpoint", str(junk), *args])
+    with pytest.raises(SystemExit, match=r"^error: cannot read the dataset in"):
+        main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "nowhere"), "--user", "0",
+              "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), *args, "--k", "0"])
