@@ -1,6 +1,6 @@
 #!/bin/bash
 # The runs behind the results tables of the README (3 seeds, SSR vs LightGCN vs MF-BPR, and the
-# SSR ablations on MovieLens-100k). Prints one command per line; run them in any order, e.g.
+# SSR ablations). Prints one command per line; run them in any order, e.g.
 #   bash examples/results.sh runs/results | xargs -P 2 -d '\n' -n 1 bash -c
 # then: python examples/results_table.py runs/results
 # Each run trains until validation Recall@20 stops improving (patience 20), one torch thread,
@@ -8,6 +8,8 @@
 R=${1:-runs/results}
 D=${2:-../shared/data}
 P="python examples/train_large.py --quiet --threads 1 --eval-users 0"
+# The previous default band drop probability (the ablations were run around it).
+OLD="--mask-p 0.2"
 for s in 1 2 3; do
     for m in ssr lightgcn mf; do
         echo "$P --data $D/movielens-100k --model $m --seed $s --out $R/ml/$m-s$s"
@@ -29,49 +31,41 @@ for s in 1 2 3; do
             echo "$P --data $D/${ds%%:*} --model $m --seed $s --out $R/${ds##*:}/$m-s$s"
         done
     done
+    # SSR at the previous default p = 0.2 (the rows it is compared with)
+    echo "$P --data $D/movielens-100k --model ssr --seed $s $OLD --out $R/ml/ssr-p0.2-s$s"
+    echo "$P --data $D/movielens-100k --model ssr --pipeline stored --approx chebyshev --seed $s $OLD --out $R/ml/ssr-stored-p0.2-s$s"
+    echo "$P --data $D/movielens-100k --model ssr --pipeline stored --seed $s $OLD --out $R/ml/ssr-stored-exact-p0.2-s$s"
+    for ds in amazon-baby:baby amazon-clothing:clothing; do
+        echo "$P --data $D/${ds%%:*} --model ssr --id-prior lightgcn --seed $s $OLD --out $R/${ds##*:}/ssr-p0.2-s$s"
+        echo "$P --data $D/${ds%%:*} --model ssr --id-prior lightgcn --pipeline stored --approx chebyshev --seed $s $OLD --out $R/${ds##*:}/ssr-stored-p0.2-s$s"
+    done
+    # the G-HSNO candidate of issue 14 at p = 0.2
+    echo "$P --data $D/movielens-100k --model ssr --seed $s $OLD --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1 --out $R/ml/cand-cpid-f1-s$s"
 done
+# Ablations of SSR on MovieLens-100k (seed 1), around the previous default p = 0.2
 for a in "nomask --no-mask" "nocons --lambda-mask 0" "cp --fusion cp" "cpsum --fusion cp+sum" \
          "noalign --no-align" "uniform --band-edges uniform" "M1 --n-bands 1" "M2 --n-bands 2" \
          "M3 --n-bands 3" "M6 --n-bands 6" "dec0.1 --lambda-dec 0.1" "dec1 --lambda-dec 1" \
          "cp-f0.1 --fusion cp --lambda-fusion 0.1" "fold --atom fold" \
          "cpid --fusion cp --rank 64 --fusion-init identity --no-fusion-norm" \
          "cplin --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --no-fusion-gates" \
-         "lm0.3 --lambda-mask 0.3" "mp0.5 --mask-p 0.5" "lr2e-3 --lr 2e-3" \
-         "mp0.4-cpid-f1 --mask-p 0.4 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1"; do
+         "lm0.3 --lambda-mask 0.3" "lr2e-3 --lr 2e-3" \
+         "cp-flr1e-4 --fusion cp --fusion-lr 1e-4" "cp-fwd1e-3 --fusion cp --fusion-wd 1e-3" \
+         "cpid-f1-flr1e-4 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1 --fusion-lr 1e-4"; do
     set -- $a; name=$1; shift
-    echo "$P --data $D/movielens-100k --model ssr --seed 1 --out $R/ml/abl-$name-s1 $*"
+    echo "$P --data $D/movielens-100k --model ssr --seed 1 $OLD --out $R/ml/abl-$name-s1 $*"
 done
-# the candidates of issue 14 on Baby (seed 1), and LightGCN at lr 5e-3 there
-for a in "fold --atom fold" \
-         "cpid-f1 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1"; do
-    set -- $a; name=$1; shift
-    echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed 1 --out $R/baby/abl-$name-s1 $*"
-done
-echo "$P --data $D/amazon-baby --model lightgcn --lr 5e-3 --seed 1 --out $R/baby/abl-lightgcn-lr5e-3-s1"
-# the ablations of the loss terms, bands and fusion variants on Baby (seed 1; ID only, so no
-# alignment row)
+# band drop p = 0.5, and p = 0.4 with the identity G-HSNO (MovieLens-100k, seed 1)
+echo "$P --data $D/movielens-100k --model ssr --seed 1 --mask-p 0.5 --out $R/ml/abl-mp0.5-s1"
+echo "$P --data $D/movielens-100k --model ssr --seed 1 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1 --out $R/ml/abl-mp0.4-cpid-f1-s1"
+# Ablations on Baby (seed 1, ID only, so no alignment row), around p = 0.2, and LightGCN at
+# lr 5e-3 there
 for a in "nomask --no-mask" "nocons --lambda-mask 0" "cp --fusion cp" "M1 --n-bands 1" \
          "uniform --band-edges uniform" "dec0.1 --lambda-dec 0.1" \
          "cpid --fusion cp --rank 64 --fusion-init identity --no-fusion-norm" \
-         "cp-f0.1 --fusion cp --lambda-fusion 0.1" "cpsum --fusion cp+sum"; do
+         "cp-f0.1 --fusion cp --lambda-fusion 0.1" "cpsum --fusion cp+sum" "fold --atom fold" \
+         "cpid-f1 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1"; do
     set -- $a; name=$1; shift
-    echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed 1 --out $R/baby/abl-$name-s1 $*"
+    echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed 1 $OLD --out $R/baby/abl-$name-s1 $*"
 done
-# G-HSNO with its own learning rate / weight decay, and other ranks and output-band counts
-# (MovieLens-100k, seed 1)
-for a in "cp-flr1e-4 --fusion cp --fusion-lr 1e-4" "cp-fwd1e-3 --fusion cp --fusion-wd 1e-3" \
-         "cpid-f1-flr1e-4 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1 --fusion-lr 1e-4" \
-         "cp-r64 --fusion cp --rank 64" "cp-nout2 --fusion cp --n-out 2"; do
-    set -- $a; name=$1; shift
-    echo "$P --data $D/movielens-100k --model ssr --seed 1 --out $R/ml/abl-$name-s1 $*"
-done
-for s in 1 2 3; do
-    for ds in amazon-baby:baby amazon-clothing:clothing; do
-        echo "$P --data $D/${ds%%:*} --model ssr --id-prior lightgcn --mask-p 0.4 --seed $s --out $R/${ds##*:}/cand-mp0.4-s$s"
-    done
-done
-# the two best MovieLens-100k candidates on seed 1 (their ablation rows), then seeds 2 and 3
-for s in 1 2 3; do
-    echo "$P --data $D/movielens-100k --model ssr --seed $s --mask-p 0.4 --out $R/ml/cand-mp0.4-s$s"
-    echo "$P --data $D/movielens-100k --model ssr --seed $s --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1 --out $R/ml/cand-cpid-f1-s$s"
-done
+echo "$P --data $D/amazon-baby --model lightgcn --lr 5e-3 --seed 1 --out $R/baby/abl-lightgcn-lr5e-3-s1"

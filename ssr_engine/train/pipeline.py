@@ -136,7 +136,7 @@ class LargeRun:
     lambda_fusion: float = 0.0
     lambda_dec: float = 0.0
     band_mask: bool = True
-    mask_p: float = 0.2
+    mask_p: float = 0.4
     lambda_mask: float = 0.1
     consistency: str = "representation"
     align: bool = True
