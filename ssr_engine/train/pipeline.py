@@ -95,8 +95,9 @@ class LargeRun:
             lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`, which
             reads its band slots from the store and updates its ID residual sparsely).
         epochs, batch_size, lr, fusion_lr, fusion_weight_decay, n_neg, patience, eval_every,
-            eval_users, checkpoint_every: training settings (:class:`~ssr_engine.train.TrainConfig`;
-            ``batch_size`` ``None``: :func:`~ssr_engine.train.trainer.default_batch_size`).
+            eval_users, checkpoint_every: training settings
+            (:class:`~ssr_engine.train.TrainConfig`; ``batch_size`` ``None``:
+            :func:`~ssr_engine.train.trainer.default_batch_size`).
         update, update_from, shrink: a file of new training interactions, the folder of the
             run to continue with them, and the scale of the carried-over vectors
             (:mod:`ssr_engine.train.update`; build these options with

@@ -153,6 +153,7 @@ class TrainConfig:
         d["ks"] = list(d["ks"])
         return d
 
+
 #: defaults of the fusion's own optimiser settings (left out of a run's identity when unset).
 FUSION_DEFAULTS = {"fusion_lr": None, "fusion_weight_decay": 0.0}
 
