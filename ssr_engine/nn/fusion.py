@@ -36,9 +36,9 @@ class CPFusion(nn.Module):
       (item popularity, user activity), which the sum fusion keeps too.
     * ``init="identity"`` (needs ``rank ≥ dim`` and ``band_of_slot``): ``K_s = Q_o = [I_d, 0]``
       and ``V_{o,s} = 1`` on the first ``d`` ranks where output ``o`` is slot ``s``'s band
-      (band ``b`` of ``M`` goes to output ``⌊b·O/M⌋``, so ``O ≤ M``), else 0. Every ``W[o, s]`` is then
-      ``I_d`` or 0: without normalisation the fusion starts as the plain sum of the slots, and
-      training moves it away only as far as the loss asks.
+      (band ``b`` of ``M`` goes to output ``⌊b·O/M⌋``, so ``O ≤ M``), else 0. Every
+      ``W[o, s]`` is then ``I_d`` or 0: without normalisation the fusion starts as the plain
+      sum of the slots, and training moves it away only as far as the loss asks.
 
     **Fusion regularisation** (:meth:`penalty`): ``R = Σ_{o,s} ‖W[o,s] − W⁰[o,s]‖_F² / (S·d)``,
     the squared distance of the band-interaction tensor from its anchor ``W⁰`` — the identity
@@ -144,7 +144,8 @@ class CPFusion(nn.Module):
         return self.gates and self.normalise
 
     def band_outputs(self, P: torch.Tensor) -> torch.Tensor:
-        """Output bands ``Z_o = Q_o Σ_s V_{o,s} ⊙ P_s`` of keyed slots ``P [n, S, r]`` -> ``[n, O, d]``."""
+        """Output bands ``Z_o = Q_o Σ_s V_{o,s} ⊙ P_s`` of keyed slots ``P [n, S, r]``:
+        ``[n, O, d]``."""
         return torch.einsum("odr,osr,nsr->nod", self.Q.to(P.dtype), self.V.to(P.dtype), P)
 
     def output_weights(self, Z: torch.Tensor) -> torch.Tensor:

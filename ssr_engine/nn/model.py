@@ -193,7 +193,8 @@ class SSRModel(Recommender):
                  "lambda_dec": float(lambda_dec), "atom": atom}
         later = {k: v for k, v in later.items() if v != LATER_DEFAULTS[k]}
         if fusion == "sum":
-            unused = [k for k in _GHSNO_ONLY if k in later] + (["n_out"] if n_out is not None else [])
+            unused = [k for k in _GHSNO_ONLY if k in later]
+            unused += ["n_out"] if n_out is not None else []
             if unused:
                 raise ValueError(f"{', '.join(unused)} set a G-HSNO fusion; fusion='sum' has "
                                  f"no factors (use fusion='cp' or 'cp+sum')")
