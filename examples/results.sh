@@ -69,3 +69,20 @@ for a in "nomask --no-mask" "nocons --lambda-mask 0" "cp --fusion cp" "M1 --n-ba
     echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed 1 $OLD --out $R/baby/abl-$name-s1 $*"
 done
 echo "$P --data $D/amazon-baby --model lightgcn --lr 5e-3 --seed 1 --out $R/baby/abl-lightgcn-lr5e-3-s1"
+# Around the current default p = 0.4 (seed 1): the ID residual smoothed over neighbours
+# (Baby, in memory and on the store; Clothing on the store), the regulariser (MovieLens-100k,
+# Baby), the content width d0 (MovieLens-100k)
+B="--data $D/amazon-baby --model ssr --id-prior lightgcn --seed 1"
+C="--data $D/amazon-clothing --model ssr --id-prior lightgcn --seed 1"
+echo "$P $B --id-residual smooth --out $R/baby/abl-smooth-s1"
+echo "$P $B --pipeline stored --approx chebyshev --id-residual smooth --out $R/baby/abl-stored-smooth-s1"
+echo "$P $C --pipeline stored --approx chebyshev --id-residual smooth --out $R/clothing/abl-stored-smooth-s1"
+echo "$P $B --reg 1e-3 --out $R/baby/abl-reg1e-3-s1"
+echo "$P --data $D/movielens-100k --model ssr --seed 1 --reg 1e-3 --out $R/ml/abl-reg1e-3-s1"
+echo "$P --data $D/movielens-100k --model ssr --seed 1 --d0 128 --out $R/ml/abl-d0128-s1"
+# Ablations on Clothing (seed 1, ID only, in memory), around p = 0.4
+for a in "nomask --no-mask" "nocons --lambda-mask 0" "M1 --n-bands 1" \
+         "uniform --band-edges uniform" "cp --fusion cp"; do
+    set -- $a; name=$1; shift
+    echo "$P $C --out $R/clothing/abl-$name-s1 $*"
+done

@@ -110,8 +110,8 @@ _ONLY = {
     **{d: ("SSR", lambda a, st: a.model == "ssr") for d in (
         "modalities", "approx", "n_bands", "rank", "order", "id_basis", "id_prior", "d0",
         "fusion", "n_out", "fusion_init", "no_fusion_gates", "no_fusion_norm", "lambda_fusion",
-        "lambda_dec", "no_mask", "mask_p", "lambda_mask", "consistency", "no_align", "lambda_cl",
-        "tau")},
+        "lambda_dec", "id_residual", "no_mask", "mask_p", "lambda_mask", "consistency",
+        "no_align", "lambda_cl", "tau")},
     **{d: ("the stored pipeline", lambda a, st: st) for d in (
         "reduce", "store_dtype", "store_dir", "distributed", "timeout")},
     "k": ("the stored pipeline with --approx eigen or lobpcg",
@@ -212,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
                         "~6 GB)")
     g.add_argument("--id-prior", choices=("none", "lightgcn", "mirror"), default="none",
                    help="spectral prior of the ID coefficients")
+    g.add_argument("--id-residual", choices=("free", "smooth"), default="free",
+                   help="with a partial ID basis: the per-node residual free (default) or "
+                        "smoothed over each node's neighbours, s(1)(I + Â) E_res")
     g.add_argument("--d0", type=POS_INT, default=64, help="width of the reduced content features")
     g.add_argument("--band-edges", choices=("energy", "uniform"), default="energy",
                    help="in memory: energy-balanced or uniform edges")
@@ -286,10 +289,12 @@ def use_stored(args, n_nodes: int) -> bool:
 
 
 def fusion_options(args) -> dict:
-    """The fusion and decomposition settings of SSR, as :class:`~ssr_engine.SSRModel` names them."""
+    """The fusion, decomposition and ID-residual settings of SSR, as
+    :class:`~ssr_engine.SSRModel` names them."""
     return dict(fusion=args.fusion, n_out=args.n_out, fusion_init=args.fusion_init,
                 fusion_gates=not args.no_fusion_gates, fusion_norm=not args.no_fusion_norm,
-                lambda_fusion=args.lambda_fusion, lambda_dec=args.lambda_dec)
+                lambda_fusion=args.lambda_fusion, lambda_dec=args.lambda_dec,
+                id_residual=args.id_residual)
 
 
 def stored_options(args) -> LargeRun:

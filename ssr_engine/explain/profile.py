@@ -71,20 +71,35 @@ def _content_shares(bands: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return E / E.sum().clamp_min(1e-300)
 
 
+def _id_sums(ids, v: Optional[torch.Tensor] = None, block: int = 1 << 14):
+    """One pass, by node blocks, over the ID band vectors as the model computes them (prior,
+    residual and its smoothing included), ``H [N, M, d]`` with embedding ``E = Σ_b H_b``:
+    per-band energy ``Σ_n ‖H_{n,b}‖²`` ``[M]``; with ``v`` also ``Uᵀ E`` ``[k, d]``,
+    ``vᵀ E`` ``[d]``, ``Uᵀ v`` ``[k]`` and ``‖E‖²`` (float64)."""
+    band = 0.0
+    UtE, vtE, Utv, sq = 0.0, 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for lo in range(0, ids.n_nodes, block):
+            hi = min(lo + block, ids.n_nodes)
+            H = ids(torch.arange(lo, hi, device=ids.coef.device)).to(torch.float64)
+            band = band + H.pow(2).sum(dim=(0, 2))
+            if v is not None:
+                E, U, vb = H.sum(1), ids._rows(lo, hi).to(H), v[lo:hi].to(H)
+                UtE, vtE, Utv = UtE + U.T @ E, vtE + vb @ E, Utv + U.T @ vb
+                sq += float(E.pow(2).sum())
+    return band, UtE, vtE, Utv, sq
+
+
 def _id_spectrum(model: SSRModel, v: torch.Tensor) -> ModalitySpectrum:
     ids = model.id_bands
-    U = ids.basis.to(torch.float64)
-    C = ids.coef.detach().to(torch.float64)
-    # Remove the trivial component v vᵀ (U C): in coefficients, C − (Uᵀv)(vᵀU C).
-    uv = U.T @ v
-    C = C - torch.outer(uv, uv @ C)
-    e = C.pow(2).sum(1).cpu().numpy()
+    _, UtE, vtE, Utv, sq = _id_sums(ids, v)
+    # the embedding without its trivial part, E − v vᵀE, in the basis (exact: U orthonormal)
+    coef = UtE - torch.outer(Utv, vtE)
+    e = coef.pow(2).sum(1).cpu().numpy()
     lam = ids.eigenvalues.to(torch.float64).cpu().numpy()
     res = 0.0
-    if ids.residual_band is not None:
-        R = ids.residual.weight.detach().to(torch.float64)
-        R = R - U @ (U.T @ R)
-        res = float(R.pow(2).sum())
+    if ids.residual_band is not None:   # what the partial basis does not hold
+        res = max(sq - float(vtE.pow(2).sum()) - float(e.sum()), 0.0)
     total = float(e.sum()) + res
     if not total > 0:
         raise ValueError("the ID embedding has no energy outside the trivial component")
@@ -168,7 +183,8 @@ def slot_energy(model: SSRModel) -> torch.Tensor:
     """Mean squared norm per node of each slot as the fusion sees it, ``α_{m,b}² ‖H_{m,b}‖²``.
 
     Content slots: ``‖X_b W_mᵀ‖²`` from the Gram matrix of the stored band signal; ID slots:
-    ``‖U_b C_b‖² = ‖C_b‖²`` (plus the residual in its band).
+    the band vectors as the model computes them (``U_b diag(s_b) C_b``, plus the residual in
+    its band).
 
     Returns:
         ``[m, M]`` float64 CPU tensor.
@@ -176,12 +192,7 @@ def slot_energy(model: SSRModel) -> torch.Tensor:
     check_ssr_model(model, stored=False)
     with torch.no_grad():
         ids = model.id_bands
-        C = ids.coef.to(torch.float64)
-        rows = []
-        e = torch.stack([C[a:b].pow(2).sum() for a, b in ids.slices])
-        if ids.residual_band is not None:
-            e[ids.residual_band] += ids.residual.to(torch.float64).pow(2).sum()
-        rows.append(e)
+        rows = [_id_sums(ids)[0]]
         for layer in model.content.values():
             X = layer.bands.to(torch.float64)                              # [M, N, d0]
             W = layer.proj.weight.to(torch.float64)                        # [d, d0]

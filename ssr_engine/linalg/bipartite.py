@@ -41,7 +41,7 @@ from .result import EigResult, NoConvergence
 from .subspace import MatMul, RitzPairs, column_norms, orthonormalize, project_out, \
     rayleigh_ritz
 
-__all__ = ["graph_eigs", "component_vectors"]
+__all__ = ["graph_eigs", "component_vectors", "component_labels"]
 
 WHICH_GRAPH = ("low", "high", "both")
 # "auto" solves the Gram problem densely below this size (or when k is a large share of it).
@@ -56,6 +56,25 @@ L_NORM = 2.0
 # repeated solves on one graph pay it once.
 _COMPONENTS: "weakref.WeakKeyDictionary[InteractionGraph, Tuple[np.ndarray, np.ndarray]]" = \
     weakref.WeakKeyDictionary()
+
+
+def component_labels(graph: InteractionGraph) -> Tuple[np.ndarray, np.ndarray]:
+    """Connected components as labels: ``(col [N], vec [N])`` with ``col`` the component of
+    every node (largest by volume first; ``-1`` for a node without edges) and ``vec`` the
+    node's entry of its component's unit vector ``D^{1/2} 1_C / ||D^{1/2} 1_C||`` (the
+    ``λ = 0`` eigenvector; with the item entries negated, the ``λ = 2`` one). Cached per
+    graph; sparse, so graphs with many small components cost ``O(N)``.
+
+    Example:
+        >>> import ssr_engine
+        >>> from ssr_engine.linalg.bipartite import component_labels
+        >>> col, vec = component_labels(ssr_engine.InteractionGraph([0, 1], [0, 1]))
+        >>> col.tolist(), vec.round(4).tolist()
+        ([0, 1, 0, 1], [0.7071, 0.7071, 0.7071, 0.7071])
+    """
+    if graph not in _COMPONENTS:
+        _COMPONENTS[graph] = _components(graph)
+    return _COMPONENTS[graph]
 
 
 def component_vectors(graph: InteractionGraph,
@@ -79,9 +98,7 @@ def component_vectors(graph: InteractionGraph,
         >>> cu.shape, ci.shape
         ((2, 2), (2, 2))
     """
-    if graph not in _COMPONENTS:
-        _COMPONENTS[graph] = _components(graph)
-    col, vec = _COMPONENTS[graph]
+    col, vec = component_labels(graph)
     c = int(col.max()) + 1 if col.size else 0
     c = c if limit is None else min(c, int(limit))
     rows = np.flatnonzero((col >= 0) & (col < c))

@@ -23,6 +23,7 @@ import math
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .sources import StoredRows, reduce_features
@@ -102,6 +103,14 @@ class SpectralIDBands(nn.Module):
         sparse: the residual gets sparse gradients (only the batch's rows; for
             ``torch.optim.SparseAdam``), so a step's cost does not grow with ``N``.
         generator: optional torch generator for the initialisation.
+        adjacency: ``[N, N]`` scipy CSR normalised adjacency ``Â`` of the graph: the
+            residual is then *smoothed*, ``s(1) (I + Â) E_res`` instead of ``s(1) E_res``
+            (one hop, response ``s(1)(2 − λ)``: the first-order LightGCN filter on the
+            spectrum the basis does not cover). A node's residual vector then holds its
+            neighbours' free vectors too, so a node with few interactions is not left with
+            a free vector learned from those few alone. A step gathers the neighbours of
+            its nodes, so its cost grows with their degrees (``O(Σ deg · d)``; the gradients
+            stay sparse, on those rows). ``None``: the free residual.
 
     Shapes:
         ``forward(nodes [n])`` -> ``[n, M, d]``; ``full()`` -> ``[N, M, d]``.
@@ -119,7 +128,7 @@ class SpectralIDBands(nn.Module):
     def __init__(self, basis: Union[torch.Tensor, StoredRows], eigenvalues: torch.Tensor,
                  edges: torch.Tensor, dim: int, residual: bool = False,
                  init_std: Optional[float] = None, prior: str = "none", sparse: bool = False,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, adjacency=None):
         super().__init__()
         stored = isinstance(basis, StoredRows)
         if not stored:
@@ -171,6 +180,22 @@ class SpectralIDBands(nn.Module):
             # its gradients are sparse.
             self.residual = nn.Embedding(n_nodes, dim, sparse=self.sparse,
                                          _weight=self._complement(e0).float())
+        self.smooth = adjacency is not None
+        if self.smooth:
+            if self.residual_band is None:
+                raise ValueError("adjacency smooths the ID residual; without residual=True "
+                                 "(a partial basis) there is none")
+            if tuple(adjacency.shape) != (n_nodes, n_nodes):
+                raise ValueError(f"adjacency must be [N, N] = [{n_nodes}, {n_nodes}], got "
+                                 f"{tuple(adjacency.shape)}")
+            a = adjacency.tocsr()
+            # not in the state dict: the graph gives them back
+            self.register_buffer("adj_ptr", torch.from_numpy(a.indptr.astype("int64")),
+                                 persistent=False)
+            self.register_buffer("adj_idx", torch.from_numpy(a.indices.astype("int64")),
+                                 persistent=False)
+            self.register_buffer("adj_val", torch.from_numpy(a.data.astype("float64")),
+                                 persistent=False)
 
     def _rows(self, lo: int, hi: int) -> torch.Tensor:
         if isinstance(self.basis, StoredRows):
@@ -202,7 +227,24 @@ class SpectralIDBands(nn.Module):
     def extra_repr(self) -> str:
         sizes = [b - a for a, b in self.slices]
         return (f"n_nodes={self.n_nodes}, dim={self.dim}, basis_per_band={sizes}, "
-                f"residual_band={self.residual_band}, sparse={self.sparse}")
+                f"residual_band={self.residual_band}, smooth={self.smooth}, "
+                f"sparse={self.sparse}")
+
+    def _residual(self, nodes: torch.Tensor) -> torch.Tensor:
+        """``E_res`` rows of ``nodes``, or ``((I + Â) E_res)`` rows when smoothed: ``[n, d]``."""
+        r = self.residual(nodes)
+        if not self.smooth:
+            return r
+        nodes = nodes.to(self.adj_ptr.device)
+        start = self.adj_ptr[nodes]
+        count = self.adj_ptr[nodes + 1] - start
+        offsets = torch.cumsum(count, 0) - count
+        pos = (torch.arange(int(count.sum()), device=start.device)
+               + torch.repeat_interleave(start - offsets, count))
+        w = self.adj_val[pos].to(r.dtype)
+        nb = F.embedding_bag(self.adj_idx[pos], self.residual.weight, offsets, mode="sum",
+                             per_sample_weights=w, sparse=self.sparse)
+        return r + nb
 
     def forward(self, nodes: torch.Tensor) -> torch.Tensor:
         u = self.basis[nodes].to(self.coef.dtype)                      # [n, k]
@@ -210,7 +252,7 @@ class SpectralIDBands(nn.Module):
         for b, (a, e) in enumerate(self.slices):
             x = u[:, a:e] @ (self.prior[a:e, None] * self.coef[a:e])  # [n, d] (0 if empty)
             if b == self.residual_band:
-                x = x + self.residual_scale * self.residual(nodes)
+                x = x + self.residual_scale * self._residual(nodes)
             out.append(x)
         return torch.stack(out, dim=1)
 

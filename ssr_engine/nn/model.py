@@ -51,13 +51,13 @@ from .bands import FixedBands, SpectralIDBands, decomposition_loss
 from .fusion import CPFusion, SkipCPFusion, SumFusion
 from .modulation import BandMask, BandReliability, consistency_loss
 from .recommender import Recommender, ranking_loss
-from .sources import BandSource, StoredRows, memory_source
+from .sources import BandSource, StoredRows, id_basis_k, memory_source
 
 __all__ = ["SSRModel"]
 
 #: defaults of the settings that model configurations record only when changed.
 LATER_DEFAULTS = {"fusion_init": "random", "fusion_gates": True, "fusion_norm": True,
-                  "lambda_fusion": 0.0, "lambda_dec": 0.0, "atom": "slot"}
+                  "lambda_fusion": 0.0, "lambda_dec": 0.0, "atom": "slot", "id_residual": "free"}
 #: the later settings that only a G-HSNO fusion uses.
 _GHSNO_ONLY = ("lambda_fusion", "fusion_init", "fusion_gates", "fusion_norm")
 
@@ -113,6 +113,10 @@ class SSRModel(Recommender):
         atom: ``"slot"`` or ``"fold"``: whether the energy balance counts the ``λ = 1`` atom
             (see :class:`~ssr_engine.spectral.SpectralBands`; in memory only, a band
             source fixes its own edges).
+        id_residual: ``"free"`` or ``"smooth"``: with a partial ID basis, the per-node
+            residual is a free vector, or smoothed over each node's neighbours,
+            ``s(1)(I + Â) E_res`` (see :class:`~ssr_engine.nn.SpectralIDBands`'s
+            ``adjacency``). Needs a partial basis.
         fusion: ``"sum"`` (plain sum of the modulated slots — the default, chosen on
             validation: on MovieLens-100k it beat G-HSNO clearly), ``"cp"`` (G-HSNO,
             :class:`~ssr_engine.nn.CPFusion`) or ``"cp+sum"`` (G-HSNO on a linear skip path,
@@ -169,7 +173,7 @@ class SSRModel(Recommender):
     def __init__(self, graph: InteractionGraph, features: Optional[Mapping[str, ArrayLike]] = None,
                  n_bands: int = 4, dim: int = 64, rank: int = 16, *, approx: str = "auto",
                  order: Optional[int] = None, id_basis: Optional[int] = None,
-                 id_prior: str = "none", d0: int = 64,
+                 id_prior: str = "none", id_residual: str = "free", d0: int = 64,
                  band_edges: str = "energy", atom: str = "slot", fusion: str = "sum",
                  n_out: Optional[int] = None,
                  fusion_init: str = "random", fusion_gates: bool = True,
@@ -190,7 +194,7 @@ class SSRModel(Recommender):
         # that checkpoints written before they existed still match a default model.
         later = {"fusion_init": fusion_init, "fusion_gates": bool(fusion_gates),
                  "fusion_norm": bool(fusion_norm), "lambda_fusion": float(lambda_fusion),
-                 "lambda_dec": float(lambda_dec), "atom": atom}
+                 "lambda_dec": float(lambda_dec), "atom": atom, "id_residual": id_residual}
         later = {k: v for k, v in later.items() if v != LATER_DEFAULTS[k]}
         if fusion == "sum":
             unused = [k for k in _GHSNO_ONLY if k in later]
@@ -203,12 +207,19 @@ class SSRModel(Recommender):
                              "has none (use band_edges='energy')")
         for opt, val, allowed in (("band_edges", band_edges, ("energy", "uniform")),
                                   ("atom", atom, ("slot", "fold")),
+                                  ("id_residual", id_residual, ("free", "smooth")),
                                   ("fusion_init", fusion_init, ("random", "identity")),
                                   ("fusion", fusion, ("cp", "cp+sum", "sum")),
                                   ("consistency", consistency, ("representation",
                                                                 "prediction"))):
             if val not in allowed:
                 raise ValueError(f"{opt} must be one of {allowed}, got {val!r}")
+        partial = source.partial if source is not None else \
+            id_basis_k(graph.n_nodes, id_basis) is not None
+        if id_residual == "smooth" and not partial:   # before any band is computed
+            raise ValueError("id_residual='smooth' smooths the residual of a partial ID basis; "
+                             f"this graph's ({graph.n_nodes} nodes) is full: pass id_basis=k "
+                             "(--id-basis K) with 2k < N")
         gen = torch.Generator().manual_seed(int(seed))
         if source is None:
             feats = _check_features(graph, features)
@@ -248,9 +259,10 @@ class SSRModel(Recommender):
         # 1. decomposition: shared edges, content bands, spectral ID bands.
         self.content = nn.ModuleDict({name: FixedBands(x, dim)
                                       for name, x in source.content.items()})
-        self.id_bands = SpectralIDBands(source.basis, source.eigenvalues, source.edges,
-                                        self.dim, residual=source.partial, prior=id_prior,
-                                        sparse=sparse_residual, generator=gen)
+        self.id_bands = SpectralIDBands(
+            source.basis, source.eigenvalues, source.edges, self.dim, residual=source.partial,
+            prior=id_prior, sparse=sparse_residual, generator=gen,
+            adjacency=graph.normalized_adjacency_scipy() if id_residual == "smooth" else None)
 
         # 2-4. modulation, fusion, alignment.
         m, M = len(self.modalities), self.n_bands

@@ -42,11 +42,13 @@ training starts a new Adam.
 """
 from __future__ import annotations
 
-from typing import Dict
+import warnings
+from typing import Dict, Tuple
 
 import torch
 
 from ..graph import InteractionGraph
+from ..linalg.bipartite import component_labels
 from .model import SSRModel
 
 __all__ = ["transfer_ssr", "MIN_PRIOR"]
@@ -54,6 +56,81 @@ __all__ = ["transfer_ssr", "MIN_PRIOR"]
 #: coefficients whose spectral prior ``s`` is below this are fitted as if ``s`` were this
 #: (the LightGCN prior vanishes at ``λ = 2``, where the coefficient does not matter).
 MIN_PRIOR = 1e-2
+#: basis eigenvalues within this of 2 count as λ = 2 (computed in float32, they are off by
+#: about 1e-6), where a smoothed residual ``(I + Â) E_res`` vanishes.
+_LAMBDA2_GAP = 1e-4
+
+
+def _unsmooth(ids, graph: InteractionGraph, T: torch.Tensor, block: int, tol: float = 1e-8,
+              maxiter: int = 1000) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """``X`` with ``(I + Â) X = T`` in the least-squares sense (``[N, d]`` float64), for a
+    smoothed ID residual, and a report of the solve.
+
+    ``(I + Â)`` is symmetric with eigenvalues ``2 − λ ≥ 0``; it vanishes exactly on the
+    ``λ = 2`` vectors, one per connected component (``±√deg``, opposite signs on users and
+    items), so the part of ``T`` along them cannot be represented and is dropped (reported as
+    ``unrepresented``; the LightGCN prior also vanishes there). The rest is solved in two
+    parts that the operator keeps apart: along the basis ``U`` (its eigenvectors) directly,
+    ``diag(1 / (2 − λ_j))``; on the complement by conjugate gradients, all ``d`` columns at
+    once, with the ``λ = 2`` vectors projected out at every step.
+    """
+    N = T.shape[0]
+    col, vec = component_labels(graph)
+    col = torch.from_numpy(col)
+    z = torch.from_numpy(vec).clone()
+    z[graph.n_users:] *= -1.0                   # the λ = 2 vector of each component
+    on = col >= 0
+    n_comp = int(col.max()) + 1 if bool(on.any()) else 0
+
+    def flat(V: torch.Tensor) -> torch.Tensor:
+        """``V`` without its part along the λ = 2 vectors (disjoint supports: one pass)."""
+        c = torch.zeros(n_comp, V.shape[1], dtype=V.dtype).index_add_(
+            0, col[on], z[on, None] * V[on])
+        out = V.clone()
+        out[on] -= z[on, None] * c[col[on]]
+        return out
+
+    total = float(T.pow(2).sum())
+    T = flat(T)
+    lost = max(total - float(T.pow(2).sum()), 0.0)
+    lam = ids.eigenvalues.double().cpu()
+    gap = 2.0 - lam
+    inv = torch.where(gap > _LAMBDA2_GAP, 1.0 / gap.clamp_min(_LAMBDA2_GAP),
+                      torch.zeros_like(gap))
+    UtT = sum(ids._rows(lo, min(lo + block, N)).double().T @ T[lo:lo + block]
+              for lo in range(0, N, block))
+    X = torch.empty_like(T)
+    for lo in range(0, N, block):
+        U = ids._rows(lo, min(lo + block, N)).double()
+        T[lo:lo + block] -= U @ UtT                                   # T: the complement part
+        X[lo:lo + block] = U @ (inv[:, None] * UtT)
+    A = graph.adjacency(torch.float64)
+    Y = torch.zeros_like(T)
+    res = flat(T)
+    d = res.clone()
+    rr = (res * res).sum(0)
+    stop = tol ** 2 * rr
+    it = 0
+    while it < maxiter and not bool((rr <= stop).all()):
+        Ad = flat(d + A @ d)
+        step = rr / (d * Ad).sum(0).clamp_min(1e-300)
+        Y += step * d
+        res -= step * Ad
+        rr_new = (res * res).sum(0)
+        d = res + (rr_new / rr.clamp_min(1e-300)) * d
+        rr = rr_new
+        it += 1
+    UtY = sum(ids._rows(lo, min(lo + block, N)).double().T @ Y[lo:lo + block]
+              for lo in range(0, N, block))
+    for lo in range(0, N, block):       # drop the rounding drift into span(U)
+        X[lo:lo + block] += Y[lo:lo + block] - ids._rows(lo, min(lo + block, N)).double() @ UtY
+    rel = float(rr.sum().sqrt()) / max(total, 1e-300) ** 0.5
+    if not rel <= 10 * tol:
+        warnings.warn(f"the smoothed ID residual was carried over to relative residual "
+                      f"{rel:.1e} after {it} conjugate-gradient steps (aim {tol:g})",
+                      RuntimeWarning, stacklevel=3)
+    return X, {"iterations": it, "relative_residual": rel,
+               "unrepresented": lost / total if total > 0 else 0.0}
 
 
 def _node_map(old_graph: InteractionGraph, new_graph: InteractionGraph) -> torch.Tensor:
@@ -101,12 +178,15 @@ def transfer_ssr(old: SSRModel, old_graph: InteractionGraph, new: SSRModel,
 
     Memory: a few ``[N, M, d]`` float32 tables (the band vectors and their neighbour
     aggregates), about 5 GB at 1.5M nodes with ``M = 4`` and ``d = 64``; the basis is read by
-    row blocks.
+    row blocks. A smoothed residual adds about six ``[N, d]`` float64 tables for its solve.
 
     Returns:
         A report: ``known`` (nodes carried over), ``extended`` (nodes initialised from their
         neighbours), ``isolated`` (nodes without interactions in either graph, left at zero
-        ID vectors), and ``gamma`` ``[M]`` (the band responses of step 3).
+        ID vectors), and ``gamma`` ``[M]`` (the band responses of step 3); with a smoothed
+        residual also ``smooth_residual``: ``iterations`` and ``relative_residual`` of its
+        solve, and ``unrepresented``, the share of the residual's energy at ``λ = 2`` (where
+        ``(I + Â)`` vanishes). A solve that misses its tolerance warns.
 
     Raises:
         ValueError: when the models differ in modalities, bands, width or parameter shapes,
@@ -181,11 +261,16 @@ def transfer_ssr(old: SSRModel, old_graph: InteractionGraph, new: SSRModel,
     ids.coef.copy_((proj / scale[:, None]).float().to(dev))
     held = proj * (prior / s)[:, None]          # what the coefficients give (a clamped s: less)
     r = ids.residual_band
+    solve = None
     if r is not None:                 # the residual takes what the partial basis does not hold
         for lo in range(0, N, block):
-            rest = E[lo:lo + block] - ids._rows(lo, min(lo + block, N)).double() @ held
-            ids.residual.weight[lo:lo + block] = (rest / (alpha[r] * ids.residual_scale)
-                                                  ).float().to(dev)
-    return {"known": int(known.sum()), "extended": int(unknown.sum()),
-            "isolated": int((~has_edges).sum()),
-            "gamma": [float(x) for x in gamma]}
+            E[lo:lo + block] -= ids._rows(lo, min(lo + block, N)).double() @ held
+        E /= alpha[r] * ids.residual_scale
+        if ids.smooth:                # its output is (I + Â) E_res: solve for E_res
+            E, solve = _unsmooth(ids, new_graph, E, block)
+        ids.residual.weight.copy_(E.float().to(dev))
+    report = {"known": int(known.sum()), "extended": int(unknown.sum()),
+              "isolated": int((~has_edges).sum()), "gamma": [float(x) for x in gamma]}
+    if solve is not None:
+        report["smooth_residual"] = solve
+    return report

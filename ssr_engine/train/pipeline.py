@@ -38,6 +38,7 @@ import torch.distributed as dist
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
 from ..nn import SSRModel
+from ..nn.sources import id_basis_k
 from .checkpoint import atomic_write, out_folder, read_checkpoint, remove_leftovers
 from .precompute import check_feasible, precompute_bands
 from .store import check_space
@@ -90,7 +91,7 @@ class LargeRun:
         n_bands, order, k, d0, reduce, store_dtype, delta, id_basis: band settings
             (:func:`~ssr_engine.train.precompute.precompute_bands`; ``id_basis`` is its
             ``id_k``).
-        dim, rank, id_prior, fusion, n_out, fusion_init, fusion_gates, fusion_norm,
+        dim, rank, id_prior, id_residual, fusion, n_out, fusion_init, fusion_gates, fusion_norm,
             lambda_fusion, lambda_dec, band_mask, mask_p, lambda_mask, consistency, align,
             lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`, which
             reads its band slots from the store and updates its ID residual sparsely).
@@ -129,6 +130,7 @@ class LargeRun:
     dim: int = 64
     rank: int = 16
     id_prior: str = "none"
+    id_residual: str = "free"
     fusion: str = "sum"
     n_out: Optional[int] = None
     fusion_init: str = "random"
@@ -223,6 +225,15 @@ def _threads(opts: "LargeRun") -> Union[int, str]:
     return 1 if opts.distributed else "auto"
 
 
+def _check_id_residual(opts: LargeRun, n_nodes: int) -> None:
+    """Refuse a smoothed ID residual where the ID basis will be full (no residual), before
+    any band is computed."""
+    if opts.id_residual == "smooth" and id_basis_k(n_nodes, opts.id_basis) is None:
+        raise ValueError(f"--id-residual smooth smooths the residual of a partial ID basis; "
+                         f"this graph's ({n_nodes} nodes) is full: pass --id-basis K with "
+                         f"2K < {n_nodes}")
+
+
 def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
     """Run the large-scale pipeline; returns (and writes to ``out/metrics.json``) the report.
 
@@ -284,6 +295,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
             min(d, opts.d0) for d in mods.values()), opts.n_bands, opts.order, opts.k,
             store_dtype=opts.store_dtype, id_k=opts.id_basis)
         _check_store_space(store_dir, est.store_bytes, ckpt)
+        _check_id_residual(opts, U + I)
 
     t0 = time.perf_counter()
     what = str(opts.data) if opts.data is not None else \
@@ -305,6 +317,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                          opts.order, opts.k, store_dtype=opts.store_dtype, id_k=opts.id_basis)
     log(f"[plan] {est}")
     _check_store_space(store_dir, est.store_bytes, ckpt)
+    _check_id_residual(opts, ds.n_users + ds.n_items)
 
     t0 = time.perf_counter()
     with log.phase("graph", f"{n_train} training interactions"):
@@ -339,7 +352,8 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     def build(g, source):
         torch.manual_seed(opts.seed)
         return SSRModel(g, source=source, dim=opts.dim, rank=opts.rank,
-                        id_prior=opts.id_prior, fusion=opts.fusion, n_out=opts.n_out,
+                        id_prior=opts.id_prior, id_residual=opts.id_residual,
+                        fusion=opts.fusion, n_out=opts.n_out,
                         fusion_init=opts.fusion_init, fusion_gates=opts.fusion_gates,
                         fusion_norm=opts.fusion_norm, lambda_fusion=opts.lambda_fusion,
                         lambda_dec=opts.lambda_dec, band_mask=opts.band_mask,

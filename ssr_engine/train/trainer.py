@@ -374,8 +374,10 @@ class Trainer:
                              "parameters (build it with sparse_residual=False)")
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
+            # Buffers (band edges, priors, a smoothed residual's adjacency) are the same on
+            # every rank and never change in training: not broadcast before every step.
             with collective("DistributedDataParallel setup"):
-                self.net = DistributedDataParallel(model)
+                self.net = DistributedDataParallel(model, broadcast_buffers=False)
         else:
             self.net = model
         self.opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr,

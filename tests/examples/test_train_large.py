@@ -164,6 +164,7 @@ def test_disk_full_during_the_checkpoint_write_exits_1_and_keeps_it(script, tmp_
     (["--model", "mf", "--n-bands", "2"], "--n-bands"),
     (["--model", "ssr", "--fusion-lr", "1e-4"], "--fusion-lr"),
     (["--model", "ssr", "--fusion", "sum", "--fusion-wd", "1e-4"], "--fusion-wd"),
+    (["--model", "lightgcn", "--id-residual", "smooth"], "--id-residual"),
 ])
 def test_a_flag_the_run_does_not_use_is_refused(script, extra, flag):
     # before: ignored silently
@@ -178,7 +179,8 @@ def test_flags_the_run_uses_pass(script):
                  ["--approx", "chebyshev", "--d0", "8", "--id-basis", "4", "--reduce", "random"],
                  ["--pipeline", "stored", "--approx", "eigen", "--k", "8"],
                  ["--pipeline", "memory", "--band-edges", "uniform", "--id-prior", "lightgcn"],
-                 ["--fusion", "cp", "--fusion-lr", "1e-4", "--fusion-wd", "1e-5"]):
+                 ["--fusion", "cp", "--fusion-lr", "1e-4", "--fusion-wd", "1e-5"],
+                 ["--pipeline", "stored", "--id-basis", "16", "--id-residual", "smooth"]):
         args = script["parse_args"](argv)
         script["refuse_unused"](args, script["use_stored"](args, 600))
 

@@ -76,6 +76,40 @@ def test_reliabilities_and_slot_energy(model):
     assert _close(slot_energy(model), ref, torch.float32)
 
 
+@pytest.mark.parametrize("residual", ["free", "smooth"])
+def test_id_energy_with_a_prior_and_a_partial_basis(ds, residual):
+    """The ID spectrum and slot energy are those of the vectors the model computes: prior
+    ``s(λ)`` on the coefficients, residual (free or smoothed) as uncovered energy."""
+    g = ds.train_graph()
+    torch.manual_seed(0)
+    m = SSRModel(g, None, n_bands=3, dim=8, id_basis=12, id_prior="lightgcn",
+                 id_residual=residual).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    n = m.n_users + m.n_items
+    with torch.no_grad():
+        H = m.slots(torch.arange(n)).double()                              # [n, 1, M, d]
+    ref = reliabilities(m) ** 2 * H.pow(2).sum(-1).mean(0)
+    assert _close(slot_energy(m), ref, torch.float32)
+
+    v = g.trivial_vector(torch.float64)
+    E = H[:, 0].sum(1)
+    E = E - torch.outer(v, v @ E)
+    Uk = m.id_bands.basis.double()
+    covered = float((Uk.T @ E).pow(2).sum())
+    spec = modality_spectra(m, ds)[0]
+    total = float(E.pow(2).sum())
+    assert spec.spectrum.uncovered == pytest.approx((total - covered) / total,
+                                                    abs=tol(torch.float32))
+    edges = torch.tensor(m.band_report["edges"], dtype=torch.float64)
+    e = (Uk.T @ E).pow(2).sum(1)
+    kb = torch.bucketize(m.id_bands.eigenvalues.double(), edges[1:-1], right=True)
+    want = torch.zeros(3, dtype=torch.float64).index_add_(0, kb, e)
+    want[m.id_bands.residual_band] += total - covered
+    assert _close(spec.band_shares, want / want.sum(), torch.float32)
+
+
 def test_band_interaction_is_the_dense_block_norm(model, ds):
     inter = band_interaction(model)
     f = model.fusion

@@ -75,6 +75,36 @@ def test_partial_basis_residual_starts_orthogonal(graph, eig):
     assert layer.coef.grad is not None and layer.residual.weight.grad is not None
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_smoothed_residual_is_one_hop_of_the_free_one(graph, eig, sparse):
+    """id_residual='smooth': the residual band adds s(1)(I + Â) E_res, with gradients on the
+    rows of the nodes and of their neighbours only (sparse when asked)."""
+    lam, U = eig
+    k = 5
+    idx = torch.cat([torch.arange(k), torch.arange(len(lam) - k, len(lam))])
+    edges = torch.tensor([0.0, 0.5, 1.5, 2.0])
+    A = graph.normalized_adjacency_scipy()
+    args = (U[:, idx], lam[idx].clamp(0, 2), edges)
+    free = SpectralIDBands(*args, dim=4, residual=True, prior="lightgcn",
+                           generator=torch.Generator().manual_seed(3))
+    smooth = SpectralIDBands(*args, dim=4, residual=True, prior="lightgcn", sparse=sparse,
+                             generator=torch.Generator().manual_seed(3), adjacency=A)
+    nodes = torch.tensor([0, 29, 30, 49, 7])
+    R = smooth.residual.weight.detach().double()
+    Ad = torch.from_numpy(A.toarray())
+    want = free(nodes).detach().double()
+    want[:, 1] += smooth.residual_scale * (Ad @ R)[nodes]
+    assert torch.allclose(smooth(nodes).detach().double(), want, atol=tol(torch.float32))
+    smooth(nodes).sum().backward()
+    g = smooth.residual.weight.grad
+    assert g.is_sparse == sparse
+    rows = set(torch.nonzero(g.to_dense().abs().sum(1)).flatten().tolist())
+    reach = set(nodes.tolist()) | set(torch.nonzero(Ad[nodes].abs().sum(0)).flatten().tolist())
+    assert rows == reach
+    with pytest.raises(ValueError, match="there is none"):
+        SpectralIDBands(U, lam.clamp(0, 2), edges, dim=4, adjacency=A)
+
+
 def test_reduce_features_pca():
     x = torch.randn(50, 10, dtype=torch.float64) @ torch.randn(10, 10, dtype=torch.float64)
     r = reduce_features(x, 3)

@@ -115,7 +115,8 @@ def test_recommend_excludes_seen(ds):
 @pytest.mark.parametrize("kw", [dict(features={}), dict(fusion="cp"), dict(fusion="cp+sum"),
                                 dict(band_edges="uniform"), dict(align=False),
                                 dict(consistency="prediction", loss="bce"),
-                                dict(n_bands=1), dict(n_bands=6)])
+                                dict(n_bands=1), dict(n_bands=6),
+                                dict(id_basis=8, id_residual="smooth")])
 def test_options_train(ds, kw):
     feats = kw.pop("features", "all")
     m = _model(ds, features=feats, **kw)
@@ -170,6 +171,15 @@ def test_bad_inputs(ds):
         m.embed(torch.tensor([0.5]))
     with pytest.raises(TypeError, match="features must be a mapping"):
         ssr_engine.SSRModel(g, [ds.features["text"]])
+    with pytest.raises(ValueError, match="id_residual must be one of"):
+        ssr_engine.SSRModel(g, None, id_basis=8, id_residual="propagated")
+    with pytest.raises(ValueError, match="is full: pass id_basis=k"):
+        ssr_engine.SSRModel(g, None, id_residual="smooth")
+
+
+def test_id_residual_is_recorded_only_when_changed(ds):
+    assert "id_residual" not in _model(ds, id_basis=8).config()
+    assert _model(ds, id_basis=8, id_residual="smooth").config()["id_residual"] == "smooth"
 
 
 # -- band sources -------------------------------------------------------------------------------
@@ -200,6 +210,27 @@ def test_store_source_equals_memory_source(ds, tmp_path):
     b = mem.loss(*batch)
     for k in a:
         torch.testing.assert_close(a[k], b[k], **f32)
+
+
+def test_smoothed_residual_store_equals_memory(ds, tmp_path):
+    """id_residual='smooth' on a band store and in memory: the same vectors and losses, and
+    the store's checkpoint holds no adjacency (the graph gives it back)."""
+    store = _stored(ds, tmp_path, id_k=8)
+    torch.manual_seed(0)
+    disk = ssr_engine.SSRModel(ds.train_graph(), source=store.source(), dim=8, rank=4,
+                               id_residual="smooth", sparse_residual=True)
+    mem = _model(ds, approx="exact", d0=6, id_basis=8, id_residual="smooth")
+    assert disk.id_bands.smooth and mem.id_bands.smooth
+    assert not any(k.startswith("id_bands.adj") for k in disk.state_dict())
+    nodes = torch.tensor([0, 3, 59, 60, 99])
+    f32 = dict(rtol=tol(torch.float32), atol=tol(torch.float32))
+    torch.testing.assert_close(disk.embed(nodes), mem.embed(nodes), **f32)
+    batch = _batch(ds)
+    torch.manual_seed(1)
+    a = disk.loss(*batch)
+    torch.manual_seed(1)
+    b = mem.loss(*batch)
+    torch.testing.assert_close(a["loss"], b["loss"], **f32)
 
 
 def test_sparse_residual_touches_only_batch_rows(ds, tmp_path):

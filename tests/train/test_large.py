@@ -45,12 +45,12 @@ def store_dir(ds, tmp_path_factory):
     return root
 
 
-def _model(ds, store, seed=2):
+def _model(ds, store, seed=2, id_residual="free"):
     """The one SSR model on the store's rows (partial ID basis: sparse residual)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return SSRModel(ds.train_graph(), source=store.source(), dim=16, rank=4, seed=seed,
-                        sparse_residual=True)
+                        sparse_residual=True, id_residual=id_residual)
 
 
 def _cfg(**kw):
@@ -59,8 +59,8 @@ def _cfg(**kw):
     return TrainConfig(**base)
 
 
-def _trainer(ds, store_dir, checkpoint=None, distributed=False, **kw):
-    model = _model(ds, BandStore.open(store_dir))
+def _trainer(ds, store_dir, checkpoint=None, distributed=False, id_residual="free", **kw):
+    model = _model(ds, BandStore.open(store_dir), id_residual=id_residual)
     assert model.reads_store and model.sparse_parameters()
     return Trainer(model, ds, _cfg(**kw), checkpoint=checkpoint, distributed=distributed)
 
@@ -230,6 +230,10 @@ def test_pipeline_guards(tmp_path):
     with pytest.raises(ValueError, match="too large for --approx exact"):
         run_large(LargeRun(out=tmp_path / "big", **dict(opts, synthetic=(400_000, 200_000, 10**6)),
                            approx="exact"))
+    # a smoothed residual on a graph whose ID basis is full: refused before any band exists
+    with pytest.raises(ValueError, match="--id-residual smooth .* pass --id-basis K"):
+        run_large(LargeRun(out=tmp_path / "smooth", **dict(opts, id_residual="smooth")))
+    assert not (tmp_path / "smooth").exists()
 
 
 def test_resume_with_other_band_settings_changes_nothing(tmp_path):
@@ -254,11 +258,11 @@ def test_pipeline_full_disk_keeps_checkpoint(tmp_path, monkeypatch):
 
 
 # -- two processes ---------------------------------------------------------------------------
-def _ddp_worker(rank: int, root: str, epochs: int, die_at: int):
+def _ddp_worker(rank: int, root: str, epochs: int, die_at: int, id_residual: str = "free"):
     ds = _ds()
     store, _ = precompute_bands(ds.train_graph(), ds.features, root, n_bands=3, order=16, d0=8,
                                 distributed=True, quiet=True, id_k=ID_K)
-    model = _model(ds, store)
+    model = _model(ds, store, id_residual=id_residual)
     tr = Trainer(model, ds, _cfg(epochs=epochs), distributed=True)
     if die_at:
         net = tr.net
@@ -272,11 +276,13 @@ def _ddp_worker(rank: int, root: str, epochs: int, die_at: int):
     return res.valid, res.test, res.history
 
 
-def test_two_process_training_matches_one(ds, store_dir, tmp_path):
-    results = run_local(_ddp_worker, 2, args=(str(tmp_path / "dist"), 3, 0), join_timeout=JOIN_S)
+@pytest.mark.parametrize("id_residual", ["free", "smooth"])
+def test_two_process_training_matches_one(ds, store_dir, tmp_path, id_residual):
+    results = run_local(_ddp_worker, 2, args=(str(tmp_path / "dist"), 3, 0, id_residual),
+                        join_timeout=JOIN_S)
     (v0, t0, h0), (v1, t1, h1) = results
     assert v0 == v1 and t0 == t1 and h0 == h1                 # every rank reports the same
-    single = _trainer(ds, store_dir, epochs=3).fit()
+    single = _trainer(ds, store_dir, epochs=3, id_residual=id_residual).fit()
     # Same global batches, averaged gradients: the runs agree up to rounding and the
     # per-process alignment subsets.
     for a, b in zip(h0, single.history):
