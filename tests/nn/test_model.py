@@ -190,14 +190,22 @@ def _stored(ds, tmp_path, **kw):
     return store
 
 
-def test_store_source_equals_memory_source(ds, tmp_path):
-    """The same model on a band store and in memory: same slots, vectors and losses."""
-    store = _stored(ds, tmp_path)
-    mem = _model(ds, approx="exact", d0=6)
+@pytest.mark.parametrize("residual", ["none", "free", "smooth"])
+def test_store_source_equals_memory_source(ds, tmp_path, residual):
+    """The same model on a band store and in memory: same slots, vectors and losses (with a
+    full ID basis, and with a partial one whose residual is free or smoothed; a smoothed
+    residual's adjacency is not in the state dict, the graph gives it back)."""
+    k = None if residual == "none" else 8                # eigenpairs per end (None: all)
+    kind = "smooth" if residual == "smooth" else "free"
+    store = _stored(ds, tmp_path, id_k=k)
+    mem = _model(ds, approx="exact", d0=6, id_basis=k, id_residual=kind)
     torch.manual_seed(0)
-    disk = ssr_engine.SSRModel(ds.train_graph(), source=store.source(), dim=8, rank=4)
+    disk = ssr_engine.SSRModel(ds.train_graph(), source=store.source(), dim=8, rank=4,
+                               id_residual=kind)
     assert disk.reads_store and not mem.reads_store
     assert disk.modalities == mem.modalities and disk.n_bands == mem.n_bands
+    assert disk.id_bands.smooth == mem.id_bands.smooth == (residual == "smooth")
+    assert not any(k.startswith("id_bands.adj") for k in disk.state_dict())
     torch.testing.assert_close(disk.id_bands.edges, mem.id_bands.edges)
     nodes = torch.tensor([0, 3, 59, 60, 99])
     f32 = dict(rtol=tol(torch.float32), atol=tol(torch.float32))
@@ -210,27 +218,6 @@ def test_store_source_equals_memory_source(ds, tmp_path):
     b = mem.loss(*batch)
     for k in a:
         torch.testing.assert_close(a[k], b[k], **f32)
-
-
-def test_smoothed_residual_store_equals_memory(ds, tmp_path):
-    """id_residual='smooth' on a band store and in memory: the same vectors and losses, and
-    the store's checkpoint holds no adjacency (the graph gives it back)."""
-    store = _stored(ds, tmp_path, id_k=8)
-    torch.manual_seed(0)
-    disk = ssr_engine.SSRModel(ds.train_graph(), source=store.source(), dim=8, rank=4,
-                               id_residual="smooth", sparse_residual=True)
-    mem = _model(ds, approx="exact", d0=6, id_basis=8, id_residual="smooth")
-    assert disk.id_bands.smooth and mem.id_bands.smooth
-    assert not any(k.startswith("id_bands.adj") for k in disk.state_dict())
-    nodes = torch.tensor([0, 3, 59, 60, 99])
-    f32 = dict(rtol=tol(torch.float32), atol=tol(torch.float32))
-    torch.testing.assert_close(disk.embed(nodes), mem.embed(nodes), **f32)
-    batch = _batch(ds)
-    torch.manual_seed(1)
-    a = disk.loss(*batch)
-    torch.manual_seed(1)
-    b = mem.loss(*batch)
-    torch.testing.assert_close(a["loss"], b["loss"], **f32)
 
 
 def test_sparse_residual_touches_only_batch_rows(ds, tmp_path):
