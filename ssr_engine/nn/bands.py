@@ -202,14 +202,24 @@ class SpectralIDBands(nn.Module):
             return self.basis.block(lo, hi)
         return self.basis[lo:hi].cpu()
 
+    def _basis_t(self, e: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
+        """``Uᵀ e`` ``[k, d]`` for ``e [N, d]`` (float64), reading the basis in row blocks."""
+        n = self.n_nodes
+        return sum(self._rows(lo, min(lo + block, n)).double().T @ e[lo:lo + block]
+                   for lo in range(0, n, block))
+
+    def _basis_add(self, e: torch.Tensor, c: torch.Tensor, alpha: float = 1.0,
+                   block: int = 1 << 16) -> torch.Tensor:
+        """``e += alpha · U c`` in place for ``e [N, d]``, ``c [k, d]`` (float64), by row
+        blocks; returns ``e``."""
+        n = self.n_nodes
+        for lo in range(0, n, block):
+            e[lo:lo + block] += alpha * (self._rows(lo, min(lo + block, n)).double() @ c)
+        return e
+
     def _complement(self, e: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
         """``e - U (Uᵀ e)`` for ``e [N, d]`` (float64), reading the basis in row blocks."""
-        n = self.n_nodes
-        proj = sum(self._rows(lo, min(lo + block, n)).double().T @ e[lo:lo + block]
-                   for lo in range(0, n, block))
-        for lo in range(0, n, block):
-            e[lo:lo + block] -= self._rows(lo, min(lo + block, n)).double() @ proj
-        return e
+        return self._basis_add(e, self._basis_t(e, block), -1.0, block)
 
     @staticmethod
     def _prior(lam: torch.Tensor, kind: str) -> torch.Tensor:

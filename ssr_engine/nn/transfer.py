@@ -74,7 +74,6 @@ def _unsmooth(ids, graph: InteractionGraph, T: torch.Tensor, block: int, tol: fl
     ``diag(1 / (2 − λ_j))``; on the complement by conjugate gradients, all ``d`` columns at
     once, with the ``λ = 2`` vectors projected out at every step.
     """
-    N = T.shape[0]
     col, vec = component_labels(graph)
     col = torch.from_numpy(col)
     z = torch.from_numpy(vec).clone()
@@ -97,13 +96,9 @@ def _unsmooth(ids, graph: InteractionGraph, T: torch.Tensor, block: int, tol: fl
     gap = 2.0 - lam
     inv = torch.where(gap > _LAMBDA2_GAP, 1.0 / gap.clamp_min(_LAMBDA2_GAP),
                       torch.zeros_like(gap))
-    UtT = sum(ids._rows(lo, min(lo + block, N)).double().T @ T[lo:lo + block]
-              for lo in range(0, N, block))
-    X = torch.empty_like(T)
-    for lo in range(0, N, block):
-        U = ids._rows(lo, min(lo + block, N)).double()
-        T[lo:lo + block] -= U @ UtT                                   # T: the complement part
-        X[lo:lo + block] = U @ (inv[:, None] * UtT)
+    UtT = ids._basis_t(T, block)
+    ids._basis_add(T, UtT, -1.0, block)                               # T: the complement part
+    X = ids._basis_add(torch.zeros_like(T), inv[:, None] * UtT, 1.0, block)
     A = graph.adjacency(torch.float64)
     Y = torch.zeros_like(T)
     res = flat(T)
@@ -120,10 +115,7 @@ def _unsmooth(ids, graph: InteractionGraph, T: torch.Tensor, block: int, tol: fl
         d = res + (rr_new / rr.clamp_min(1e-300)) * d
         rr = rr_new
         it += 1
-    UtY = sum(ids._rows(lo, min(lo + block, N)).double().T @ Y[lo:lo + block]
-              for lo in range(0, N, block))
-    for lo in range(0, N, block):       # drop the rounding drift into span(U)
-        X[lo:lo + block] += Y[lo:lo + block] - ids._rows(lo, min(lo + block, N)).double() @ UtY
+    X += ids._basis_add(Y, ids._basis_t(Y, block), -1.0, block)  # less its drift into span(U)
     rel = float(rr.sum().sqrt()) / max(total, 1e-300) ** 0.5
     if not rel <= 10 * tol:
         warnings.warn(f"the smoothed ID residual was carried over to relative residual "
@@ -255,16 +247,13 @@ def transfer_ssr(old: SSRModel, old_graph: InteractionGraph, new: SSRModel,
     scale = alpha[band_of] * s                                                # [k]
     E = torch.einsum("nbd,b->nd", F.double(), alpha) * shrink                # [N, d]
     del F
-    proj = torch.zeros(ids.coef.shape, dtype=torch.float64)                  # [k, d]
-    for lo in range(0, N, block):
-        proj += ids._rows(lo, min(lo + block, N)).double().T @ E[lo:lo + block]
+    proj = ids._basis_t(E, block)                                             # [k, d]
     ids.coef.copy_((proj / scale[:, None]).float().to(dev))
     held = proj * (prior / s)[:, None]          # what the coefficients give (a clamped s: less)
     r = ids.residual_band
     solve = None
     if r is not None:                 # the residual takes what the partial basis does not hold
-        for lo in range(0, N, block):
-            E[lo:lo + block] -= ids._rows(lo, min(lo + block, N)).double() @ held
+        ids._basis_add(E, held, -1.0, block)
         E /= alpha[r] * ids.residual_scale
         if ids.smooth:                # its output is (I + Â) E_res: solve for E_res
             E, solve = _unsmooth(ids, new_graph, E, block)
