@@ -80,6 +80,10 @@ echo "$P $C --pipeline stored --approx chebyshev --id-residual smooth --out $R/c
 echo "$P $B --reg 1e-3 --out $R/baby/abl-reg1e-3-s1"
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --reg 1e-3 --out $R/ml/abl-reg1e-3-s1"
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --d0 128 --out $R/ml/abl-d0128-s1"
+# Uniform edges on Baby at p = 0.4, seeds 1-3 (the same slots as the energy edges: see README)
+for s in 1 2 3; do
+    echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed $s --band-edges uniform --out $R/baby/abl-uniform-p0.4-s$s"
+done
 # Ablations on Clothing (seed 1, ID only, in memory), around p = 0.4
 for a in "nomask --no-mask" "nocons --lambda-mask 0" "M1 --n-bands 1" \
          "uniform --band-edges uniform" "cp --fusion cp"; do
