@@ -64,6 +64,16 @@ _GHSNO_ONLY = ("lambda_fusion", "fusion_init", "fusion_gates", "fusion_norm")
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
+def check_id_residual(id_residual: str, n_nodes: int, partial: bool) -> None:
+    """Refuse ``id_residual="smooth"`` where the ID basis is full (there is no residual to
+    smooth); the band pipeline calls it before it writes any band."""
+    if id_residual == "smooth" and not partial:
+        raise ValueError(f"--id-residual smooth (id_residual='smooth') smooths the residual of a "
+                         f"partial ID basis; this graph's ({n_nodes} nodes) is full: pass "
+                         f"id_basis=k (on the command line: pass --id-basis K) with "
+                         f"2k < {n_nodes}")
+
+
 def _check_features(graph: InteractionGraph, features: Optional[Mapping[str, ArrayLike]]
                     ) -> Dict[str, torch.Tensor]:
     out = {}
@@ -214,12 +224,9 @@ class SSRModel(Recommender):
                                                                 "prediction"))):
             if val not in allowed:
                 raise ValueError(f"{opt} must be one of {allowed}, got {val!r}")
-        partial = source.partial if source is not None else \
-            id_basis_k(graph.n_nodes, id_basis) is not None
-        if id_residual == "smooth" and not partial:   # before any band is computed
-            raise ValueError("id_residual='smooth' smooths the residual of a partial ID basis; "
-                             f"this graph's ({graph.n_nodes} nodes) is full: pass id_basis=k "
-                             "(--id-basis K) with 2k < N")
+        check_id_residual(id_residual, graph.n_nodes,       # before any band is computed
+                          source.partial if source is not None else
+                          id_basis_k(graph.n_nodes, id_basis) is not None)
         gen = torch.Generator().manual_seed(int(seed))
         if source is None:
             feats = _check_features(graph, features)

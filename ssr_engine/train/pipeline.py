@@ -38,6 +38,7 @@ import torch.distributed as dist
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
 from ..nn import SSRModel
+from ..nn.model import check_id_residual
 from ..nn.sources import id_basis_k
 from .checkpoint import atomic_write, out_folder, read_checkpoint, remove_leftovers
 from .precompute import check_feasible, precompute_bands
@@ -226,12 +227,8 @@ def _threads(opts: "LargeRun") -> Union[int, str]:
 
 
 def _check_id_residual(opts: LargeRun, n_nodes: int) -> None:
-    """Refuse a smoothed ID residual where the ID basis will be full (no residual), before
-    any band is computed."""
-    if opts.id_residual == "smooth" and id_basis_k(n_nodes, opts.id_basis) is None:
-        raise ValueError(f"--id-residual smooth smooths the residual of a partial ID basis; "
-                         f"this graph's ({n_nodes} nodes) is full: pass --id-basis K with "
-                         f"2K < {n_nodes}")
+    """:func:`~ssr_engine.nn.model.check_id_residual` for the basis the run will compute."""
+    check_id_residual(opts.id_residual, n_nodes, id_basis_k(n_nodes, opts.id_basis) is not None)
 
 
 def run_large(opts: LargeRun, dataset: Optional[Dataset] = None) -> Dict:
