@@ -46,7 +46,6 @@ import time
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 

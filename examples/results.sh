@@ -55,9 +55,11 @@ for a in "nomask --no-mask" "nocons --lambda-mask 0" "cp --fusion cp" "cpsum --f
     set -- $a; name=$1; shift
     echo "$P --data $D/movielens-100k --model ssr --seed 1 $OLD --out $R/ml/abl-$name-s1 $*"
 done
-# band drop p = 0.5, and p = 0.4 with the identity G-HSNO (MovieLens-100k, seed 1)
+# band drop p = 0.5, and p = 0.4 with the identity G-HSNO, also with its factors at lr 1e-4
+# (MovieLens-100k, seed 1)
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --mask-p 0.5 --out $R/ml/abl-mp0.5-s1"
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1 --out $R/ml/abl-mp0.4-cpid-f1-s1"
+echo "$P --data $D/movielens-100k --model ssr --seed 1 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1 --fusion-lr 1e-4 --out $R/ml/abl-mp0.4-cpid-f1-flr1e-4-s1"
 # Ablations on Baby (seed 1, ID only, so no alignment row), around p = 0.2, and LightGCN at
 # lr 5e-3 there
 for a in "nomask --no-mask" "nocons --lambda-mask 0" "cp --fusion cp" "M1 --n-bands 1" \
@@ -86,7 +88,10 @@ for s in 1 2 3; do
 done
 # Ablations on Clothing (seed 1, ID only, in memory), around p = 0.4
 for a in "nomask --no-mask" "nocons --lambda-mask 0" "M1 --n-bands 1" \
-         "uniform --band-edges uniform" "cp --fusion cp"; do
+         "uniform --band-edges uniform" "cp --fusion cp" "dec0.1 --lambda-dec 0.1" \
+         "cp-f0.1 --fusion cp --lambda-fusion 0.1" "cpsum --fusion cp+sum" \
+         "cpid --fusion cp --rank 64 --fusion-init identity --no-fusion-norm" \
+         "cpid-f1 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1"; do
     set -- $a; name=$1; shift
     echo "$P $C --out $R/clothing/abl-$name-s1 $*"
 done

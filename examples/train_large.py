@@ -55,7 +55,7 @@ from ssr_engine.train.checkpoint import atomic_write, out_folder, remove_leftove
 from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
 from ssr_engine.train.precompute import check_feasible
 from ssr_engine.train.threads import ThreadPolicy
-from ssr_engine.train.update import (UPDATE_EPOCHS, UPDATE_PATIENCE, UPDATE_SHRINK,
+from ssr_engine.train.update import (UPDATE_EPOCHS, UPDATE_LR, UPDATE_PATIENCE, UPDATE_SHRINK,
                                      update_options)
 
 #: SSR graphs above this many nodes train on the stored pipeline whatever ``--approx``.
@@ -186,7 +186,8 @@ def _parser() -> argparse.ArgumentParser:
                         "with --distributed)")
     g = p.add_argument_group("training")
     g.add_argument("--dim", type=POS_INT, default=64)
-    g.add_argument("--lr", type=POS_FLOAT, default=1e-3)
+    g.add_argument("--lr", type=POS_FLOAT, default=1e-3,
+                   help=f"learning rate (default 1e-3; --update: {UPDATE_LR:g})")
     g.add_argument("--reg", type=NONNEG_FLOAT, default=1e-4)
     g.add_argument("--batch-size", type=POS_INT, default=None,
                    help="interactions per step (default: 2048, doubled while an epoch would "

@@ -36,7 +36,7 @@ import torch
 
 from ..graph.interaction import InteractionGraph
 from .dense import DENSE_MAX_N, dense_eigs
-from .eigsh import METHODS, _check_common, _progress_bar, _solve_largest, default_tol
+from .eigsh import _check_common, _progress_bar, _solve_largest, default_tol
 from .result import EigResult, NoConvergence
 from .subspace import MatMul, RitzPairs, column_norms, orthonormalize, project_out, \
     rayleigh_ritz

@@ -16,7 +16,9 @@
    vector is scaled by ``--shrink``, default :data:`UPDATE_SHRINK`), ranks the
    test users once before any training (``update.before_training`` in the metrics, with the
    users that the update brought their first interactions), and
-5. trains on for at most ``--epochs`` (default :data:`UPDATE_EPOCHS`) with early stopping.
+5. trains on at ``--lr`` (default :data:`UPDATE_LR`) for at most ``--epochs`` (default
+   :data:`UPDATE_EPOCHS`) with early stopping (``--patience``, default
+   :data:`UPDATE_PATIENCE`).
 
 ``RUN`` is only read: its checkpoint, metrics and band store are never written.
 """
@@ -36,15 +38,19 @@ from .checkpoint import read_checkpoint
 from .store import BandStore
 
 __all__ = ["Update", "replay", "update_options", "UPDATE_EPOCHS", "UPDATE_PATIENCE",
-           "UPDATE_SHRINK", "UPDATE_FLAGS"]
+           "UPDATE_SHRINK", "UPDATE_LR", "UPDATE_FLAGS"]
 
-#: default bound on the epochs of an update (chosen on validation, see the README).
-UPDATE_EPOCHS = 12
+#: default bound on the epochs of an update; early stopping (``UPDATE_PATIENCE``) ends it
+#: sooner where validation stops improving (Baby: after 15 epochs, Clothing: 43; README).
+UPDATE_EPOCHS = 60
 #: default early-stopping patience of an update.
 UPDATE_PATIENCE = 5
 #: default scale of the carried-over vectors (``transfer_ssr``'s ``shrink``), chosen on
-#: validation (see the README).
-UPDATE_SHRINK = 0.35
+#: validation with ``UPDATE_LR`` (see the README).
+UPDATE_SHRINK = 0.1
+#: default learning rate of an update (the run's own is not used: a carried-over model
+#: learns the new interactions too slowly at a fresh run's rate), chosen on validation.
+UPDATE_LR = 3e-3
 #: options an update may set; the others are those of the run it updates.
 UPDATE_FLAGS = ("out", "resume", "fresh", "quiet", "threads", "device", "epochs", "patience",
                 "eval_every", "eval_users", "checkpoint_every", "lr", "data", "shrink")
@@ -135,7 +141,7 @@ def update_options(new_file, from_dir, **given):
         opts["synthetic"] = tuple(opts["synthetic"])
     # threads are the machine's, not the run's: the update takes the default unless given
     opts.update(resume=False, fresh=False, store_dir=None, epochs=UPDATE_EPOCHS,
-                patience=UPDATE_PATIENCE, shrink=UPDATE_SHRINK, threads=None)
+                patience=UPDATE_PATIENCE, shrink=UPDATE_SHRINK, lr=UPDATE_LR, threads=None)
     opts.update({k: v for k, v in given.items() if v is not None})
     out = Path(opts["out"]).resolve()
     for run in runs:

@@ -16,8 +16,8 @@ import scipy.sparse as sp
 import torch
 from tolerances import tol
 
-from ssr_engine import (InteractionGraph, PartitionedOperator, RankFailure, balanced_row_bounds,
-                        init_distributed, run_local, shutdown_distributed)
+from ssr_engine import (PartitionedOperator, RankFailure, balanced_row_bounds, init_distributed,
+                        run_local, shutdown_distributed)
 from ssr_engine.data import load_mmrec, synthetic_dataset
 from ssr_engine.distributed import free_port
 from ssr_engine.ops import chebyshev_bands_reference
