@@ -187,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training")
     g.add_argument("--dim", type=POS_INT, default=64)
     g.add_argument("--lr", type=POS_FLOAT, default=1e-3,
-                   help=f"learning rate (default 1e-3; --update: {UPDATE_LR:g})")
+                   help=f"learning rate (default %(default)g; --update: {UPDATE_LR:g})")
     g.add_argument("--reg", type=NONNEG_FLOAT, default=1e-4)
     g.add_argument("--batch-size", type=POS_INT, default=None,
                    help="interactions per step (default: 2048, doubled while an epoch would "

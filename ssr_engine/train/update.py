@@ -41,7 +41,8 @@ __all__ = ["Update", "replay", "update_options", "UPDATE_EPOCHS", "UPDATE_PATIEN
            "UPDATE_SHRINK", "UPDATE_LR", "UPDATE_FLAGS"]
 
 #: default bound on the epochs of an update; early stopping (``UPDATE_PATIENCE``) ends it
-#: sooner where validation stops improving (Baby: after 15 epochs, Clothing: 43; README).
+#: sooner where validation stops improving (Baby: after 12–15 epochs, Clothing: 16–44;
+#: README).
 UPDATE_EPOCHS = 60
 #: default early-stopping patience of an update.
 UPDATE_PATIENCE = 5
