@@ -4,6 +4,13 @@
   (embeddings + scores against all 23k items + training-item mask + top-20 + metrics).
   Accuracy gate: the blocked evaluation equals an independent numpy ranking on a sample of
   users. Goal: ≤ 10 s on the 2-core development machine.
+* ``test_eval_topk_numba_vs_torch``: the same evaluation with the top-20 selection on each
+  backend of :func:`ssr_engine.ops.masked_topk` (``SSR_BACKEND=torch``: ``-inf`` on the
+  training items, then ``torch.topk``; ``numba``: the CPU kernel), interleaved rounds, at one
+  torch thread (the training protocol's ``--threads 1``) and at the machine's default; and
+  the selection alone on one block of 1456 users x 23,033 items (the block the trainer
+  scores). Accuracy gate: both give the same per-user metrics and the same indices. The
+  ratios go to ``extra_info`` and stdout.
 * ``test_epoch_ssr_vs_lightgcn_baby``: one training epoch of SSR (ID-only, default settings)
   and of LightGCN (3 layers) on Amazon Baby in the same run; the ratio goes to
   ``extra_info``. Accuracy gate: both epochs lower the loss on a fixed held-out batch.
@@ -111,3 +118,75 @@ def test_epoch_ssr_vs_lightgcn_baby(benchmark):
                                  "ratio_ssr_over_lightgcn": ssr_s / lgn_s, "goal_ratio": 2.0,
                                  "ssr_setup_s": ssr_setup,
                                  "threads": torch.get_num_threads()})
+
+
+@pytest.mark.skipif(not have_real("amazon-clothing"), reason="amazon-clothing data missing")
+def test_eval_topk_numba_vs_torch(benchmark, monkeypatch):
+    pytest.importorskip("numba")
+    from ssr_engine.ops import masked_topk
+    ds = real_dataset("amazon-clothing")
+    seed_everything(0)
+    model = ssr_engine.LightGCN(ds.train_graph(), dim=64).eval()
+    truth, train = ds.user_item_matrix("test"), ds.user_item_matrix("train")
+    scorer = model.scorer()
+
+    def run(backend):
+        monkeypatch.setenv("SSR_BACKEND", backend)
+        return full_ranking(scorer, truth, train, ks=(10, 20))
+
+    first = {b: run(b) for b in ("torch", "numba")}
+    for key, v in first["torch"].per_user.items():
+        if not np.array_equal(v, first["numba"].per_user[key]):
+            pytest.fail(f"the numba evaluation differs from torch's on {key}")
+    # the selection alone, on the block the trainer scores
+    users = first["torch"].users[:max(1, (1 << 25) // ds.n_items)]
+    with torch.no_grad():
+        block = scorer(torch.from_numpy(users)).float()
+    ex = train[users]
+    picks = {b: masked_topk(block, 20, ex, backend=b) for b in ("torch", "numba")}
+    if not torch.equal(picks["torch"], picks["numba"]):
+        pytest.fail("the numba top-20 differs from torch's on the block")
+
+    def best(fn, rounds, fresh=lambda: None):
+        """Best time of ``fn(fresh())``; ``fresh()`` (untimed) hands it its input."""
+        times = []
+        for _ in range(rounds):
+            arg = fresh()
+            t0 = time.perf_counter()
+            fn(arg)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    info = {"users": int(first["torch"].users.size), "items": ds.n_items,
+            "block": list(block.shape), "default_threads": torch.get_num_threads()}
+    threads0 = torch.get_num_threads()
+    try:
+        for threads in (1, threads0):
+            torch.set_num_threads(threads)
+            # numba reads the block; torch writes -inf into a fresh copy, as the
+            # evaluation lets it (overwrite=True on scores it just computed)
+            info[f"select_numba_s@{threads}"] = best(
+                lambda _: masked_topk(block, 20, ex, backend="numba"), 7)
+            info[f"select_torch_s@{threads}"] = best(
+                lambda S: masked_topk(S, 20, ex, backend="torch", overwrite=True), 7,
+                fresh=block.clone)
+            evals = {"torch": [], "numba": []}
+            for _ in range(2):                 # interleaved: load drifts hit both
+                for name in evals:
+                    evals[name].append(best(lambda _, n=name: run(n), 1))
+            for name, v in evals.items():
+                info[f"eval_{name}_s@{threads}"] = min(v)
+            info[f"select_ratio@{threads}"] = (info[f"select_numba_s@{threads}"]
+                                               / info[f"select_torch_s@{threads}"])
+            info[f"eval_ratio@{threads}"] = (info[f"eval_numba_s@{threads}"]
+                                             / info[f"eval_torch_s@{threads}"])
+    finally:
+        torch.set_num_threads(threads0)
+    benchmark.pedantic(lambda: run("numba"), rounds=1, iterations=1)
+    benchmark.extra_info.update(info)
+    for threads in sorted({1, threads0}):
+        print(f"\n{threads} thread(s): top-20 of the block numba {info[f'select_numba_s@{threads}']:.3f} s"
+              f", torch {info[f'select_torch_s@{threads}']:.3f} s (ratio "
+              f"{info[f'select_ratio@{threads}']:.2f}); full evaluation numba "
+              f"{info[f'eval_numba_s@{threads}']:.2f} s, torch {info[f'eval_torch_s@{threads}']:.2f} s"
+              f" (ratio {info[f'eval_ratio@{threads}']:.2f})")

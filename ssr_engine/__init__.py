@@ -9,7 +9,7 @@ from .linalg import EigResult, NoConvergence, eigsh, graph_eigs
 from .spectral import (SpectralBands, Spectrum, band_coefficients, band_edges, band_energies,
                        chebyshev_filter, jackson_damping, kpm_moments)
 from .nn import LightGCN, MFBPR, SSRModel
-from .ops import band_cp_fusion, chebyshev_bands, chebyshev_moments, cp_fusion
+from .ops import band_cp_fusion, chebyshev_bands, chebyshev_moments, cp_fusion, masked_topk
 from .explain import Attribution, attribute, write_report
 
 __version__ = "0.1.0"
@@ -22,6 +22,6 @@ __all__ = [
     "SpectralBands", "Spectrum", "band_coefficients", "band_edges", "band_energies",
     "chebyshev_filter", "jackson_damping", "kpm_moments",
     "MFBPR", "LightGCN", "SSRModel",
-    "chebyshev_bands", "chebyshev_moments", "cp_fusion", "band_cp_fusion",
+    "chebyshev_bands", "chebyshev_moments", "cp_fusion", "band_cp_fusion", "masked_topk",
     "Attribution", "attribute", "write_report",
 ]

@@ -13,7 +13,8 @@ score ``-inf`` and so never enter the top K. With ``hits[u, k] = 1`` when the it
 * ``MAP@K       = Σ_{k≤K} Precision@k · hits_k  /  min(K, m_u)``
 
 Each is averaged over the evaluated users. Users are scored in blocks and the top K is
-taken with ``torch.topk``, so memory stays at ``block × n_items`` scores.
+taken by :func:`ssr_engine.ops.masked_topk` (a numba kernel on the CPU, ``torch.topk``
+elsewhere), so memory stays at ``block × n_items`` scores.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from .ops.ranking import masked_topk
 
 __all__ = ["METRICS", "topk_metrics", "RankingResult", "full_ranking"]
 
@@ -172,12 +175,8 @@ def full_ranking(score_fn: Callable[[torch.Tensor], torch.Tensor], truth: sp.spm
                 raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected "
                                  f"[{ub.size}, {n_items}]")
             scores = scores.float()
-            if exclude is not None:
-                ex = exclude[ub]
-                rows = torch.from_numpy(np.repeat(np.arange(ub.size), np.diff(ex.indptr)))
-                cols = torch.from_numpy(ex.indices.astype(np.int64))
-                scores[rows.to(scores.device), cols.to(scores.device)] = -torch.inf
-            top = torch.topk(scores, k_max, dim=1).indices.cpu().numpy()
+            ex = exclude[ub] if exclude is not None else None
+            top = masked_topk(scores, k_max, ex, overwrite=True).cpu().numpy()
             tb = truth[ub]
             # Membership of (row, item) in truth: compare against sorted keys.
             keys = np.repeat(np.arange(ub.size, dtype=np.int64), np.diff(tb.indptr)) * n_items \

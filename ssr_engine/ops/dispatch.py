@@ -1,19 +1,25 @@
-"""Backend choice for fused ops: ``"auto"`` picks Triton for CUDA tensors, torch elsewhere.
+"""Backend choice for fused ops: Triton kernels on CUDA, numba kernels on the CPU, torch
+everywhere.
 
-``"auto"`` also keeps float64 work on torch (the kernels accumulate in float32). The
-environment variable ``SSR_BACKEND`` (``torch`` or ``triton``) overrides ``"auto"``.
+``"auto"`` picks Triton for CUDA tensors, numba for CPU tensors of ops that have a numba
+kernel (when numba is installed), torch otherwise; it keeps float64 work off Triton (the
+kernels accumulate in float32). The environment variable ``SSR_BACKEND`` (``torch``,
+``triton`` or ``numba``) overrides ``"auto"`` where the named backend can run the op.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
-__all__ = ["resolve_backend", "BACKENDS", "TRITON_DTYPES"]
+__all__ = ["resolve_backend", "numba_usable", "BACKENDS", "TRITON_DTYPES", "NUMBA_DTYPES"]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "numba")
 # input dtypes the Triton kernels take (they accumulate in float32)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# input dtypes the numba kernels take
+NUMBA_DTYPES = (torch.float32, torch.float64)
 
 
 def _triton_usable() -> bool:
@@ -24,40 +30,89 @@ def _triton_usable() -> bool:
     return True
 
 
-def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
-    """Return ``"torch"`` or ``"triton"`` for ``backend`` and the op's input tensors.
+@functools.lru_cache(maxsize=None)
+def _numba_import_ok() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    ``"auto"`` (and ``SSR_BACKEND=triton``) keep float64 inputs on torch.
+
+def numba_usable() -> bool:
+    """Whether numba can be imported here (the CPU kernels' optional dependency)."""
+    return _numba_import_ok()
+
+
+def _resolve_auto(numba: bool, tens) -> str:
+    env = os.environ.get("SSR_BACKEND", "").strip().lower()
+    if env and env not in ("torch", "triton", "numba"):
+        raise ValueError(f"SSR_BACKEND must be 'torch', 'triton' or 'numba', got {env!r}")
+    floats = [t for t in tens if t.is_floating_point()]
+    on_cuda = any(t.is_cuda for t in tens)
+    triton_ok = all(t.dtype in TRITON_DTYPES for t in floats)
+    numba_ok = (numba and not on_cuda and all(t.dtype in NUMBA_DTYPES for t in floats)
+                and numba_usable())
+    if env == "torch":
+        return "torch"
+    if env == "triton":
+        return "triton" if triton_ok else "torch"
+    if env == "numba":
+        return "numba" if numba_ok else "torch"
+    if on_cuda:
+        return "triton" if triton_ok and _triton_usable() else "torch"
+    return "numba" if numba_ok else "torch"
+
+
+def resolve_backend(backend: str, *tensors: torch.Tensor, numba: bool = False) -> str:
+    """Return ``"torch"``, ``"triton"`` or ``"numba"`` for ``backend`` and the op's inputs.
+
+    Args:
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"numba"``.
+        tensors: the op's input tensors (others are ignored).
+        numba: whether the op has a numba kernel (``"auto"`` then takes it for CPU tensors).
+
+    ``"auto"`` (and ``SSR_BACKEND=triton``) keep float64 inputs off Triton; without numba
+    installed ``"auto"`` falls back to torch.
 
     Raises:
-        ValueError: for an unknown backend name.
-        TypeError: when ``"triton"`` is asked for with float64 (or other unsupported) inputs.
-        RuntimeError: when ``"triton"`` is asked for but cannot run here.
+        ValueError: for an unknown backend name, or ``"numba"`` for an op without a numba
+            kernel.
+        TypeError: when ``"triton"`` or ``"numba"`` is asked for with inputs of a dtype it
+            does not take.
+        RuntimeError: when ``"triton"`` or ``"numba"`` is asked for but cannot run here.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     tens = [t for t in tensors if isinstance(t, torch.Tensor)]
-    supported = all(t.dtype in TRITON_DTYPES for t in tens if t.is_floating_point())
     if backend == "auto":
-        env = os.environ.get("SSR_BACKEND", "").strip().lower()
-        if env:
-            if env not in ("torch", "triton"):
-                raise ValueError(f"SSR_BACKEND must be 'torch' or 'triton', got {env!r}")
-            backend = env if supported else "torch"
-        else:
-            on_cuda = any(t.is_cuda for t in tens)
-            backend = "triton" if on_cuda and supported and _triton_usable() else "torch"
+        backend = _resolve_auto(numba, tens)
+        if backend != "triton":                 # SSR_BACKEND=triton is checked below
+            return backend
+    floats = [t for t in tens if t.is_floating_point()]
     if backend == "triton":
         interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
         if not _triton_usable():
             raise RuntimeError("backend='triton' needs the triton package; install it or use "
                                "backend='torch'")
-        if not supported:
-            bad = sorted({str(t.dtype) for t in tens if t.is_floating_point()
-                          and t.dtype not in TRITON_DTYPES})
+        bad = sorted({str(t.dtype) for t in floats if t.dtype not in TRITON_DTYPES})
+        if bad:
             raise TypeError(f"backend='triton' takes float32/bfloat16/float16 tensors, got "
                             f"{', '.join(bad)}; use backend='torch' for these")
         if not interpret and not all(t.is_cuda for t in tens):
             raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 "
                                "for the CPU interpreter); use backend='torch' on the CPU")
+    elif backend == "numba":
+        if not numba:
+            raise ValueError("this op has no numba kernel; use backend='torch' (or 'auto')")
+        if not numba_usable():
+            raise RuntimeError("backend='numba' needs the numba package (pip install numba); "
+                               "or use backend='torch'")
+        bad = sorted({str(t.dtype) for t in floats if t.dtype not in NUMBA_DTYPES})
+        if bad:
+            raise TypeError(f"backend='numba' takes float32/float64 tensors, got "
+                            f"{', '.join(bad)}; use backend='torch' for these")
+        if any(t.is_cuda for t in tens):
+            raise RuntimeError("backend='numba' runs on the CPU; these tensors are on CUDA "
+                               "(use backend='triton', 'torch' or 'auto')")
     return backend

@@ -31,8 +31,23 @@ def test_env_override(monkeypatch):
         resolve_backend("auto", torch.zeros(2))
 
 
+def test_auto_picks_numba_on_cpu_for_ops_that_have_a_kernel(monkeypatch):
+    pytest.importorskip("numba")
+    monkeypatch.delenv("SSR_BACKEND", raising=False)
+    assert resolve_backend("auto", torch.zeros(2), numba=True) == "numba"
+    assert resolve_backend("auto", torch.zeros(2, dtype=torch.float64), numba=True) == "numba"
+    assert resolve_backend("auto", torch.zeros(2, dtype=torch.float16), numba=True) == "torch"
+    monkeypatch.setenv("SSR_BACKEND", "torch")
+    assert resolve_backend("auto", torch.zeros(2), numba=True) == "torch"
+    monkeypatch.setenv("SSR_BACKEND", "numba")
+    assert resolve_backend("auto", torch.zeros(2), numba=True) == "numba"
+    assert resolve_backend("auto", torch.zeros(2)) == "torch"       # no numba kernel
+
+
 def test_explicit_errors(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("cupy", torch.zeros(2))
+    with pytest.raises(ValueError, match="no numba kernel"):
         resolve_backend("numba", torch.zeros(2))
     pytest.importorskip("triton")
     with pytest.raises(TypeError, match="float64"):

@@ -1,0 +1,103 @@
+"""Top-k of score rows with excluded items: the selection step of full-ranking evaluation.
+
+Two paths with one contract: the torch reference (set the excluded scores to ``-inf``, then
+``torch.topk``) and, on the CPU, a numba kernel (``kernels/topk_cpu.py``) that skips the
+excluded items while it reads each row once, chunk by chunk, and never writes the scores.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .dispatch import resolve_backend
+
+__all__ = ["masked_topk", "masked_topk_reference"]
+
+
+def _check(scores: torch.Tensor, k: int, exclude) -> Optional[sp.csr_matrix]:
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [b, n_items], got {tuple(scores.shape)}")
+    if not scores.is_floating_point():
+        raise TypeError(f"scores must be floating point, got {scores.dtype}")
+    if int(k) != k or not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"k must be an integer in [1, n_items={scores.shape[1]}], got {k}")
+    if exclude is None:
+        return None
+    ex = sp.csr_matrix(exclude)
+    if ex.shape != tuple(scores.shape):
+        raise ValueError(f"exclude must be [b, n_items] = {list(scores.shape)} like scores, "
+                         f"got {list(ex.shape)}")
+    if not ex.has_canonical_format:
+        ex = ex.copy()
+        ex.sum_duplicates()                # sorted, each excluded item once per row
+    return ex
+
+
+def masked_topk_reference(scores: torch.Tensor, k: int, exclude=None,
+                          overwrite: bool = False) -> torch.Tensor:
+    """Torch reference of :func:`masked_topk`: ``-inf`` on the excluded items, then
+    ``torch.topk``. ``overwrite=True`` writes the ``-inf`` into ``scores`` itself (no copy)."""
+    ex = _check(scores, k, exclude)
+    if ex is not None and ex.nnz:
+        if not overwrite:
+            scores = scores.clone()
+        rows = torch.from_numpy(np.repeat(np.arange(ex.shape[0]), np.diff(ex.indptr)))
+        cols = torch.from_numpy(ex.indices.astype(np.int64))
+        scores[rows.to(scores.device), cols.to(scores.device)] = -torch.inf
+    return torch.topk(scores, int(k), dim=1).indices
+
+
+def masked_topk(scores: torch.Tensor, k: int, exclude=None, backend: str = "auto",
+                overwrite: bool = False) -> torch.Tensor:
+    """Indices of each row's ``k`` largest scores outside its excluded items, best first.
+
+    As ``torch.topk`` on ``scores`` with the excluded entries set to ``-inf``: NaN ranks
+    above every number, and a row with fewer than ``k`` items left is completed with
+    excluded items. On the CPU (``backend="numba"``, or ``"auto"`` with numba installed) a
+    numba kernel reads each row once and leaves ``scores`` untouched (1.6x the speed of the
+    torch path on a 1456 x 23033 block, one thread: ``bench/bench_ranking.py``); equal scores
+    then keep the lower index first, which ``torch.topk`` does not promise.
+
+    Args:
+        scores: ``[b, n_items]`` float scores.
+        k: number of items per row, ``1 <= k <= n_items``.
+        exclude: ``[b, n_items]`` scipy sparse matrix of items never to return (row ``r``
+            belongs to ``scores[r]``), or ``None``.
+        backend: ``"auto"``, ``"torch"`` or ``"numba"``.
+        overwrite: the torch path may write ``-inf`` into ``scores`` instead of a copy.
+
+    Returns:
+        ``[b, k]`` int64 item indices on ``scores``' device.
+
+    Shapes:
+        ``scores [b, n]``, ``exclude [b, n]`` -> ``[b, k]``.
+
+    Example:
+        >>> import torch, scipy.sparse as sp
+        >>> from ssr_engine.ops import masked_topk
+        >>> S = torch.tensor([[0.9, 0.1, 0.5, 0.7], [0.2, 0.8, 0.6, 0.4]])
+        >>> seen = sp.csr_matrix(([1.0], ([0], [0])), shape=(2, 4))   # user 0 saw item 0
+        >>> masked_topk(S, 2, seen).tolist()
+        [[3, 2], [1, 2]]
+    """
+    ex = _check(scores, k, exclude)
+    choice = resolve_backend(backend, scores, numba=True)
+    if choice != "numba":
+        return masked_topk_reference(scores, k, ex, overwrite=overwrite)
+    import numba
+
+    from ssr_engine.kernels.topk_cpu import masked_topk_rows
+    if ex is None:
+        ex_ptr = np.zeros(scores.shape[0] + 1, dtype=np.int64)
+        ex_idx = np.zeros(0, dtype=np.int64)
+    else:
+        ex_ptr, ex_idx = ex.indptr.astype(np.int64), ex.indices.astype(np.int64)
+    out = np.empty((scores.shape[0], int(k)), dtype=np.int64)
+    if scores.shape[0]:
+        numba.set_num_threads(max(1, min(torch.get_num_threads(),
+                                         numba.config.NUMBA_NUM_THREADS)))
+        masked_topk_rows(scores.detach().contiguous().numpy(), int(k), ex_ptr, ex_idx, out)
+    return torch.from_numpy(out)

@@ -1,0 +1,131 @@
+"""Masked top-k: the numba kernel against the torch reference, bad inputs, the fallback."""
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from ssr_engine.metrics import full_ranking
+from ssr_engine.ops import dispatch, masked_topk, masked_topk_reference
+
+numba = pytest.importorskip("numba")
+
+
+def _case(b, n, per_row, dtype=torch.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    scores = torch.from_numpy(rng.standard_normal((b, n))).to(dtype)
+    rows = np.repeat(np.arange(b), per_row)
+    cols = np.concatenate([rng.choice(n, c, replace=False) for c in np.broadcast_to(per_row, b)])
+    ex = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(b, n))
+    return scores, ex
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,k", [(1000, 20), (300, 1), (128, 128), (129, 50), (5000, 10)])
+def test_numba_equals_the_reference(dtype, n, k):
+    per_row = np.random.default_rng(1).integers(0, min(n - k, 60) + 1, 37)
+    scores, ex = _case(37, n, per_row, dtype)
+    before = scores.clone()
+    got = masked_topk(scores, k, ex, backend="numba")
+    want = masked_topk_reference(scores, k, ex)
+    assert got.dtype == torch.int64 and got.shape == (37, k)
+    assert torch.equal(got, want)
+    assert torch.equal(scores, before)                  # neither path wrote the scores
+    assert not set(got[0].tolist()) & set(ex[0].indices.tolist())
+
+
+def test_nan_ranks_first_and_exclusion_wins_over_nan():
+    scores, ex = _case(6, 700, 30)
+    scores[1, 333] = float("nan")
+    scores[2, 650] = float("nan")
+    scores[3, int(ex[3].indices[0])] = float("nan")      # excluded: never returned
+    scores[4, 5] = float("inf")
+    got = masked_topk(scores, 10, ex, backend="numba")
+    assert torch.equal(got, masked_topk_reference(scores, 10, ex))
+    assert got[1, 0] == 333 and got[2, 0] == 650 and got[4, 0] == 5
+
+
+def test_rows_with_fewer_items_left_than_k_end_with_excluded_items():
+    scores, _ = _case(3, 40, 0)
+    ex = sp.csr_matrix(np.concatenate([np.ones((1, 36)), np.zeros((1, 4))], axis=1))
+    ex = sp.vstack([ex, sp.csr_matrix((2, 40))]).tocsr()
+    got = masked_topk(scores, 6, ex, backend="numba")
+    want = masked_topk_reference(scores, 6, ex)
+    left = torch.topk(scores[0, 36:], 4).indices + 36
+    assert torch.equal(got[0, :4], left) and torch.equal(want[0, :4], left)
+    assert got[0, 4:].tolist() == [0, 1]                 # excluded, lowest index first
+    assert torch.equal(got[1:], want[1:])
+
+
+def test_ties_keep_the_lower_index_first_and_no_exclusion():
+    scores = torch.zeros(2, 300)
+    scores[0, [7, 3, 250]] = 1.0
+    got = masked_topk(scores, 5, None, backend="numba")
+    assert got[0].tolist() == [3, 7, 250, 0, 1] and got[1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_unsorted_duplicated_exclusions_are_canonicalised():
+    scores, _ = _case(2, 200, 0)
+    ex = sp.csr_matrix((np.ones(4), np.array([9, 3, 9, 150]), np.array([0, 3, 4])),
+                       shape=(2, 200))
+    assert not ex.has_canonical_format
+    got = masked_topk(scores, 190, ex, backend="numba")
+    assert torch.equal(got, masked_topk_reference(scores, 190, ex))
+
+
+@pytest.mark.parametrize("args,err,match", [
+    ((torch.zeros(5), 2, None), ValueError, r"\[b, n_items\]"),
+    ((torch.zeros(2, 5, dtype=torch.int64), 2, None), TypeError, "floating point"),
+    ((torch.zeros(2, 5), 0, None), ValueError, "k must be"),
+    ((torch.zeros(2, 5), 6, None), ValueError, "k must be"),
+    ((torch.zeros(2, 5), 2.5, None), ValueError, "k must be"),
+    ((torch.zeros(2, 5), 2, sp.csr_matrix((3, 5))), ValueError, "exclude must be"),
+])
+def test_bad_inputs(args, err, match):
+    for backend in ("torch", "numba"):
+        with pytest.raises(err, match=match):
+            masked_topk(*args, backend=backend)
+
+
+def test_backends_refuse_what_they_cannot_run():
+    with pytest.raises(TypeError, match="float32/float64"):
+        masked_topk(torch.zeros(2, 5, dtype=torch.float16), 2, backend="numba")
+    with pytest.raises(ValueError, match="backend must be"):
+        masked_topk(torch.zeros(2, 5), 2, backend="cupy")
+
+
+@pytest.fixture
+def no_numba(monkeypatch):
+    """numba made unimportable (as on a machine without it)."""
+    monkeypatch.setitem(sys.modules, "numba", None)
+    dispatch._numba_import_ok.cache_clear()
+    yield
+    dispatch._numba_import_ok.cache_clear()
+
+
+def test_without_numba_auto_falls_back_to_torch(no_numba, monkeypatch):
+    monkeypatch.delenv("SSR_BACKEND", raising=False)
+    assert not dispatch.numba_usable()
+    assert dispatch.resolve_backend("auto", torch.zeros(2), numba=True) == "torch"
+    scores, ex = _case(9, 500, 12)
+    assert torch.equal(masked_topk(scores, 20, ex), masked_topk_reference(scores, 20, ex))
+    with pytest.raises(RuntimeError, match="needs the numba package"):
+        masked_topk(scores, 20, ex, backend="numba")
+    # the evaluation runs on (full ranking takes the top k through masked_topk)
+    truth = sp.csr_matrix((np.ones(9), (np.arange(9), np.arange(9) * 7)), shape=(9, 500))
+    res = full_ranking(lambda u: scores[u], truth, ex, ks=(20,))
+    assert res.users.size == 9 and 0 <= res.summary()["recall@20"] <= 1
+
+
+def test_full_ranking_is_the_same_on_both_backends(monkeypatch):
+    scores, ex = _case(50, 800, 25, seed=4)
+    truth = sp.random(50, 800, density=0.02, format="csr", random_state=3)
+    truth = truth - truth.multiply(ex > 0)
+    truth.eliminate_zeros()
+    out = {}
+    for env in ("torch", "numba"):
+        monkeypatch.setenv("SSR_BACKEND", env)
+        out[env] = full_ranking(lambda u: scores[u].clone(), truth, ex, ks=(10, 20), block=16)
+    for key, v in out["torch"].per_user.items():
+        np.testing.assert_array_equal(v, out["numba"].per_user[key], err_msg=key)
