@@ -44,40 +44,44 @@ def numba_usable() -> bool:
     return _numba_import_ok()
 
 
-def _resolve_auto(numba: bool, tens) -> str:
+def _resolve_auto(numba: bool, triton: bool, tens) -> str:
     env = os.environ.get("SSR_BACKEND", "").strip().lower()
     if env and env not in ("torch", "triton", "numba"):
         raise ValueError(f"SSR_BACKEND must be 'torch', 'triton' or 'numba', got {env!r}")
     floats = [t for t in tens if t.is_floating_point()]
     on_cuda = any(t.is_cuda for t in tens)
-    triton_ok = all(t.dtype in TRITON_DTYPES for t in floats)
+    triton_ok = triton and all(t.dtype in TRITON_DTYPES for t in floats)
     numba_ok = (numba and not on_cuda and all(t.dtype in NUMBA_DTYPES for t in floats)
                 and numba_usable())
     if env == "torch":
         return "torch"
-    if env == "triton":
-        return "triton" if triton_ok else "torch"
-    if env == "numba":
-        return "numba" if numba_ok else "torch"
+    if env == "triton" and triton_ok:
+        return "triton"
+    if env == "numba" and numba_ok:
+        return "numba"
+    # no override, or one this op cannot take (float64 for Triton, say): the default choice
     if on_cuda:
         return "triton" if triton_ok and _triton_usable() else "torch"
     return "numba" if numba_ok else "torch"
 
 
-def resolve_backend(backend: str, *tensors: torch.Tensor, numba: bool = False) -> str:
+def resolve_backend(backend: str, *tensors: torch.Tensor, numba: bool = False,
+                    triton: bool = True) -> str:
     """Return ``"torch"``, ``"triton"`` or ``"numba"`` for ``backend`` and the op's inputs.
 
     Args:
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"numba"``.
         tensors: the op's input tensors (others are ignored).
         numba: whether the op has a numba kernel (``"auto"`` then takes it for CPU tensors).
+        triton: whether the op has a Triton kernel.
 
     ``"auto"`` (and ``SSR_BACKEND=triton``) keep float64 inputs off Triton; without numba
-    installed ``"auto"`` falls back to torch.
+    installed ``"auto"`` falls back to torch; an ``SSR_BACKEND`` naming a backend the op does
+    not have is ignored.
 
     Raises:
-        ValueError: for an unknown backend name, or ``"numba"`` for an op without a numba
-            kernel.
+        ValueError: for an unknown backend name, or ``"numba"`` / ``"triton"`` for an op
+            without such a kernel.
         TypeError: when ``"triton"`` or ``"numba"`` is asked for with inputs of a dtype it
             does not take.
         RuntimeError: when ``"triton"`` or ``"numba"`` is asked for but cannot run here.
@@ -86,11 +90,13 @@ def resolve_backend(backend: str, *tensors: torch.Tensor, numba: bool = False) -
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     tens = [t for t in tensors if isinstance(t, torch.Tensor)]
     if backend == "auto":
-        backend = _resolve_auto(numba, tens)
+        backend = _resolve_auto(numba, triton, tens)
         if backend != "triton":                 # SSR_BACKEND=triton is checked below
             return backend
     floats = [t for t in tens if t.is_floating_point()]
     if backend == "triton":
+        if not triton:
+            raise ValueError("this op has no Triton kernel; use backend='torch' (or 'auto')")
         interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
         if not _triton_usable():
             raise RuntimeError("backend='triton' needs the triton package; install it or use "

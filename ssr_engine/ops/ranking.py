@@ -6,6 +6,7 @@ excluded items while it reads each row once, chunk by chunk, and never writes th
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from .dispatch import resolve_backend
 
-__all__ = ["masked_topk", "masked_topk_reference"]
+__all__ = ["masked_topk", "masked_topk_reference", "NUMBA_MAX_K"]
 
 
 def _check(scores: torch.Tensor, k: int, exclude) -> Optional[sp.csr_matrix]:
@@ -30,6 +31,9 @@ def _check(scores: torch.Tensor, k: int, exclude) -> Optional[sp.csr_matrix]:
     if ex.shape != tuple(scores.shape):
         raise ValueError(f"exclude must be [b, n_items] = {list(scores.shape)} like scores, "
                          f"got {list(ex.shape)}")
+    if ex.nnz and (int(ex.indices.min()) < 0 or int(ex.indices.max()) >= ex.shape[1]):
+        raise ValueError(f"exclude holds item indices outside [0, {ex.shape[1]}): "
+                         f"{int(ex.indices.min())}..{int(ex.indices.max())}")
     if not ex.has_canonical_format:
         ex = ex.copy()
         ex.sum_duplicates()                # sorted, each excluded item once per row
@@ -56,21 +60,30 @@ def masked_topk(scores: torch.Tensor, k: int, exclude=None, backend: str = "auto
 
     As ``torch.topk`` on ``scores`` with the excluded entries set to ``-inf``: NaN ranks
     above every number, and a row with fewer than ``k`` items left is completed with
-    excluded items. On the CPU (``backend="numba"``, or ``"auto"`` with numba installed) a
-    numba kernel reads each row once and leaves ``scores`` untouched (1.6x the speed of the
-    torch path on a 1456 x 23033 block, one thread: ``bench/bench_ranking.py``); equal scores
-    then keep the lower index first, which ``torch.topk`` does not promise.
+    excluded items. On the CPU (``backend="numba"``, or ``"auto"`` with numba installed and
+    ``k <= NUMBA_MAX_K``) a numba kernel reads each row once and leaves ``scores``
+    untouched: 0.63 x the time of the torch path on a 1456 x 23033 block (2 threads,
+    ``bench/bench_train.py``). It orders equal scores by index (lower first; NaN above
+    ``+inf``), where ``torch.topk`` promises no order, so the two can differ where scores
+    tie at the k-th place. The first call in a fresh install compiles the kernel (about 3 s
+    per dtype, then cached).
 
     Args:
         scores: ``[b, n_items]`` float scores.
         k: number of items per row, ``1 <= k <= n_items``.
         exclude: ``[b, n_items]`` scipy sparse matrix of items never to return (row ``r``
-            belongs to ``scores[r]``), or ``None``.
+            belongs to ``scores[r]``; every stored entry counts, zeros included), or
+            ``None``.
         backend: ``"auto"``, ``"torch"`` or ``"numba"``.
         overwrite: the torch path may write ``-inf`` into ``scores`` instead of a copy.
 
     Returns:
         ``[b, k]`` int64 item indices on ``scores``' device.
+
+    Raises:
+        ValueError: on bad shapes, ``k`` or excluded indices, or an unknown backend.
+        TypeError: for non-float scores, or dtypes the asked-for backend does not take.
+        RuntimeError: for ``backend="numba"`` without numba installed or on CUDA tensors.
 
     Shapes:
         ``scores [b, n]``, ``exclude [b, n]`` -> ``[b, k]``.
@@ -84,12 +97,11 @@ def masked_topk(scores: torch.Tensor, k: int, exclude=None, backend: str = "auto
         [[3, 2], [1, 2]]
     """
     ex = _check(scores, k, exclude)
-    choice = resolve_backend(backend, scores, numba=True)
+    choice = resolve_backend(backend, scores, numba=True, triton=False)
+    if choice == "numba" and backend == "auto" and k > NUMBA_MAX_K:
+        choice = "torch"              # the kernel's sorted insertion is O(k) per entry
     if choice != "numba":
         return masked_topk_reference(scores, k, ex, overwrite=overwrite)
-    import numba
-
-    from ssr_engine.kernels.topk_cpu import masked_topk_rows
     if ex is None:
         ex_ptr = np.zeros(scores.shape[0] + 1, dtype=np.int64)
         ex_idx = np.zeros(0, dtype=np.int64)
@@ -97,7 +109,41 @@ def masked_topk(scores: torch.Tensor, k: int, exclude=None, backend: str = "auto
         ex_ptr, ex_idx = ex.indptr.astype(np.int64), ex.indices.astype(np.int64)
     out = np.empty((scores.shape[0], int(k)), dtype=np.int64)
     if scores.shape[0]:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(),
-                                         numba.config.NUMBA_NUM_THREADS)))
-        masked_topk_rows(scores.detach().contiguous().numpy(), int(k), ex_ptr, ex_idx, out)
+        _run_kernel(scores.detach().contiguous().numpy(), int(k), ex_ptr, ex_idx, out)
     return torch.from_numpy(out)
+
+
+#: largest ``k`` that ``backend="auto"`` gives the numba kernel (its sorted insertion costs
+#: ``O(k)``; at k = 1000 on rows in ascending order it is 100x slower than ``torch.topk``).
+NUMBA_MAX_K = 64
+
+_FORKED = False                     # set in a child forked from this process
+
+
+def _after_fork() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _run_kernel(scores: np.ndarray, k: int, ex_ptr: np.ndarray, ex_idx: np.ndarray,
+                out: np.ndarray) -> None:
+    """The numba kernel on torch's thread count: rows in parallel, or on this thread alone
+    for one thread and in a forked child (numba's OpenMP layer kills a child forked from a
+    process that used it). numba's own thread setting is left as it was."""
+    import numba
+
+    from ssr_engine.kernels.topk_cpu import masked_topk_rows, masked_topk_rows_serial
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if threads <= 1 or _FORKED:
+        masked_topk_rows_serial(scores, k, ex_ptr, ex_idx, out)
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        masked_topk_rows(scores, k, ex_ptr, ex_idx, out)
+    finally:
+        numba.set_num_threads(before)

@@ -42,6 +42,9 @@ def test_auto_picks_numba_on_cpu_for_ops_that_have_a_kernel(monkeypatch):
     monkeypatch.setenv("SSR_BACKEND", "numba")
     assert resolve_backend("auto", torch.zeros(2), numba=True) == "numba"
     assert resolve_backend("auto", torch.zeros(2)) == "torch"       # no numba kernel
+    # an override the op cannot take falls back to the default choice
+    monkeypatch.setenv("SSR_BACKEND", "triton")
+    assert resolve_backend("auto", torch.zeros(2), numba=True, triton=False) == "numba"
 
 
 def test_explicit_errors(monkeypatch):
@@ -49,6 +52,8 @@ def test_explicit_errors(monkeypatch):
         resolve_backend("cupy", torch.zeros(2))
     with pytest.raises(ValueError, match="no numba kernel"):
         resolve_backend("numba", torch.zeros(2))
+    with pytest.raises(ValueError, match="no Triton kernel"):
+        resolve_backend("triton", torch.zeros(2), numba=True, triton=False)
     pytest.importorskip("triton")
     with pytest.raises(TypeError, match="float64"):
         resolve_backend("triton", torch.zeros(2, dtype=torch.float64))

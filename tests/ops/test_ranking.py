@@ -1,4 +1,5 @@
 """Masked top-k: the numba kernel against the torch reference, bad inputs, the fallback."""
+import multiprocessing as mp
 import sys
 
 import numpy as np
@@ -7,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from ssr_engine.metrics import full_ranking
-from ssr_engine.ops import dispatch, masked_topk, masked_topk_reference
+from ssr_engine.ops import dispatch, masked_topk, masked_topk_reference, ranking
 
 numba = pytest.importorskip("numba")
 
@@ -44,6 +45,12 @@ def test_nan_ranks_first_and_exclusion_wins_over_nan():
     got = masked_topk(scores, 10, ex, backend="numba")
     assert torch.equal(got, masked_topk_reference(scores, 10, ex))
     assert got[1, 0] == 333 and got[2, 0] == 650 and got[4, 0] == 5
+    # NaN above +inf, as torch.topk has it
+    inf_at, nan_at = np.setdiff1d(np.arange(700), ex[5].indices)[[10, 600]]
+    scores[5, inf_at], scores[5, nan_at] = float("inf"), float("nan")
+    got = masked_topk(scores, 3, ex, backend="numba")
+    assert got[5, :2].tolist() == [nan_at, inf_at]
+    assert torch.equal(got, masked_topk_reference(scores, 3, ex))
 
 
 def test_rows_with_fewer_items_left_than_k_end_with_excluded_items():
@@ -88,11 +95,78 @@ def test_bad_inputs(args, err, match):
             masked_topk(*args, backend=backend)
 
 
-def test_backends_refuse_what_they_cannot_run():
+def test_backends_refuse_what_they_cannot_run(monkeypatch):
     with pytest.raises(TypeError, match="float32/float64"):
         masked_topk(torch.zeros(2, 5, dtype=torch.float16), 2, backend="numba")
     with pytest.raises(ValueError, match="backend must be"):
         masked_topk(torch.zeros(2, 5), 2, backend="cupy")
+    with pytest.raises(ValueError, match="no Triton kernel"):
+        masked_topk(torch.zeros(2, 5), 2, backend="triton")
+    # an SSR_BACKEND naming a backend this op lacks is ignored, not an error
+    monkeypatch.setenv("SSR_BACKEND", "triton")
+    scores, ex = _case(4, 300, 5)
+    assert torch.equal(masked_topk(scores, 5, ex), masked_topk_reference(scores, 5, ex))
+
+
+def test_excluded_indices_out_of_range_are_refused():
+    for col in (7, -3):
+        ex = sp.csr_matrix((np.ones(1), np.array([col]), np.array([0, 1, 1])), shape=(2, 5))
+        for backend in ("torch", "numba"):
+            with pytest.raises(ValueError, match="outside"):
+                masked_topk(torch.zeros(2, 5), 2, ex, backend=backend)
+
+
+def test_auto_sends_large_k_to_torch(monkeypatch):
+    def no_kernel(*args):
+        raise AssertionError("the numba kernel ran")
+    monkeypatch.setattr(ranking, "_run_kernel", no_kernel)
+    monkeypatch.delenv("SSR_BACKEND", raising=False)
+    scores, ex = _case(3, 400, 10)
+    k = ranking.NUMBA_MAX_K + 1
+    assert torch.equal(masked_topk(scores, k, ex), masked_topk_reference(scores, k, ex))
+    with pytest.raises(AssertionError, match="kernel ran"):
+        masked_topk(scores, ranking.NUMBA_MAX_K, ex)
+
+
+def test_threads_follow_torch_and_numba_setting_is_left_alone():
+    scores, ex = _case(64, 2000, 20)
+    want = masked_topk_reference(scores, 20, ex)
+    before = torch.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert torch.equal(masked_topk(scores, 20, ex, backend="numba"), want)
+            assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def _child(scores, ex, want, queue):
+    queue.put(bool(torch.equal(masked_topk(scores, 20, ex), want)))
+
+
+@pytest.mark.skipif(not hasattr(mp, "get_context") or sys.platform != "linux",
+                    reason="fork start method")
+def test_a_forked_child_ranks_after_the_parent_used_the_parallel_kernel():
+    scores, ex = _case(64, 2000, 20)
+    want = masked_topk_reference(scores, 20, ex)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(masked_topk(scores, 20, ex, backend="numba"), want)  # parallel
+    finally:
+        torch.set_num_threads(before)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(scores, ex, want, queue))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung")
+    assert child.exitcode == 0 and queue.get(timeout=5)
 
 
 @pytest.fixture
