@@ -184,9 +184,9 @@ def test_eval_topk_numba_vs_torch(benchmark, monkeypatch):
         torch.set_num_threads(threads0)
     benchmark.pedantic(lambda: run("numba"), rounds=1, iterations=1)
     benchmark.extra_info.update(info)
-    for threads in sorted({1, threads0}):
-        print(f"\n{threads} thread(s): top-20 of the block numba {info[f'select_numba_s@{threads}']:.3f} s"
-              f", torch {info[f'select_torch_s@{threads}']:.3f} s (ratio "
-              f"{info[f'select_ratio@{threads}']:.2f}); full evaluation numba "
-              f"{info[f'eval_numba_s@{threads}']:.2f} s, torch {info[f'eval_torch_s@{threads}']:.2f} s"
-              f" (ratio {info[f'eval_ratio@{threads}']:.2f})")
+    for t in sorted({1, threads0}):
+        print(f"\n{t} thread(s): top-20 of the block numba {info[f'select_numba_s@{t}']:.3f} s, "
+              f"torch {info[f'select_torch_s@{t}']:.3f} s (ratio "
+              f"{info[f'select_ratio@{t}']:.2f}); full evaluation numba "
+              f"{info[f'eval_numba_s@{t}']:.2f} s, torch {info[f'eval_torch_s@{t}']:.2f} s "
+              f"(ratio {info[f'eval_ratio@{t}']:.2f})")
