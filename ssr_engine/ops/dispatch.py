@@ -44,6 +44,14 @@ def numba_usable() -> bool:
     return _numba_import_ok()
 
 
+def _refuse_dtypes(backend: str, floats, allowed) -> None:
+    bad = sorted({str(t.dtype) for t in floats if t.dtype not in allowed})
+    if bad:
+        takes = "/".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"backend={backend!r} takes {takes} tensors, got {', '.join(bad)}; "
+                        "use backend='torch' for these")
+
+
 def _resolve_auto(numba: bool, triton: bool, tens) -> str:
     env = os.environ.get("SSR_BACKEND", "").strip().lower()
     if env and env not in ("torch", "triton", "numba"):
@@ -101,10 +109,7 @@ def resolve_backend(backend: str, *tensors: torch.Tensor, numba: bool = False,
         if not _triton_usable():
             raise RuntimeError("backend='triton' needs the triton package; install it or use "
                                "backend='torch'")
-        bad = sorted({str(t.dtype) for t in floats if t.dtype not in TRITON_DTYPES})
-        if bad:
-            raise TypeError(f"backend='triton' takes float32/bfloat16/float16 tensors, got "
-                            f"{', '.join(bad)}; use backend='torch' for these")
+        _refuse_dtypes("triton", floats, TRITON_DTYPES)
         if not interpret and not all(t.is_cuda for t in tens):
             raise RuntimeError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 "
                                "for the CPU interpreter); use backend='torch' on the CPU")
@@ -114,10 +119,7 @@ def resolve_backend(backend: str, *tensors: torch.Tensor, numba: bool = False,
         if not numba_usable():
             raise RuntimeError("backend='numba' needs the numba package (pip install numba); "
                                "or use backend='torch'")
-        bad = sorted({str(t.dtype) for t in floats if t.dtype not in NUMBA_DTYPES})
-        if bad:
-            raise TypeError(f"backend='numba' takes float32/float64 tensors, got "
-                            f"{', '.join(bad)}; use backend='torch' for these")
+        _refuse_dtypes("numba", floats, NUMBA_DTYPES)
         if any(t.is_cuda for t in tens):
             raise RuntimeError("backend='numba' runs on the CPU; these tensors are on CUDA "
                                "(use backend='triton', 'torch' or 'auto')")

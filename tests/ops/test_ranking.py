@@ -128,19 +128,23 @@ def test_auto_sends_large_k_to_torch(monkeypatch):
         masked_topk(scores, ranking.NUMBA_MAX_K, ex)
 
 
-def test_threads_follow_torch_and_numba_setting_is_left_alone():
+@pytest.fixture
+def keep_threads():
+    """Torch's and numba's thread settings are restored after the test."""
+    torch_threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(torch_threads)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_threads_follow_torch_and_numba_setting_is_left_alone(keep_threads):
     scores, ex = _case(64, 2000, 20)
     want = masked_topk_reference(scores, 20, ex)
-    before = torch.get_num_threads()
     numba.set_num_threads(1)
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            assert torch.equal(masked_topk(scores, 20, ex, backend="numba"), want)
-            assert numba.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        assert torch.equal(masked_topk(scores, 20, ex, backend="numba"), want)
+        assert numba.get_num_threads() == 1
 
 
 def _child(scores, ex, want, queue):
@@ -149,15 +153,11 @@ def _child(scores, ex, want, queue):
 
 @pytest.mark.skipif(not hasattr(mp, "get_context") or sys.platform != "linux",
                     reason="fork start method")
-def test_a_forked_child_ranks_after_the_parent_used_the_parallel_kernel():
+def test_a_forked_child_ranks_after_the_parent_used_the_parallel_kernel(keep_threads):
     scores, ex = _case(64, 2000, 20)
     want = masked_topk_reference(scores, 20, ex)
-    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    try:
-        assert torch.equal(masked_topk(scores, 20, ex, backend="numba"), want)  # parallel
-    finally:
-        torch.set_num_threads(before)
+    assert torch.equal(masked_topk(scores, 20, ex, backend="numba"), want)      # parallel
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_child, args=(scores, ex, want, queue))
