@@ -30,7 +30,7 @@ CHUNK = 128         # scores per chunk; 16 lanes of 8 float32 vectors (64 and 25
 LANES = 16
 
 
-@njit(nogil=True, fastmath=True, inline="always", cache=True)
+@njit(nogil=True, fastmath={"reassoc", "nsz", "contract"}, inline="always", cache=True)
 def _chunk_stats(row, j, mx, sm):
     """Maximum and sum of ``row[j:j + CHUNK]`` over ``LANES`` lanes (vectorised)."""
     for q in range(LANES):

@@ -53,6 +53,22 @@ def test_nan_ranks_first_and_exclusion_wins_over_nan():
     assert torch.equal(got, masked_topk_reference(scores, 3, ex))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_scores_anywhere_in_a_chunk(dtype):
+    """NaN and infinities at random places (inside skipped chunks too): one NaN per row at
+    most, so the expected order has no ties."""
+    scores, ex = _case(200, 1000, 15, dtype, seed=7)
+    rng = np.random.default_rng(8)
+    for r in range(200):
+        cols = rng.choice(1000, 3, replace=False)
+        scores[r, cols[0]] = float("nan") if r % 2 else float("inf")
+        scores[r, cols[1]] = float("-inf")
+        if r % 3 == 0:
+            scores[r, cols[2]] = float("inf") if r % 2 else 50.0
+    got = masked_topk(scores, 20, ex, backend="numba")
+    assert torch.equal(got, masked_topk_reference(scores, 20, ex))
+
+
 def test_rows_with_fewer_items_left_than_k_end_with_excluded_items():
     scores, _ = _case(3, 40, 0)
     ex = sp.csr_matrix(np.concatenate([np.ones((1, 36)), np.zeros((1, 4))], axis=1))
