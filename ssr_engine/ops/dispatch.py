@@ -31,17 +31,14 @@ def _triton_usable() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _numba_import_ok() -> bool:
+def numba_usable() -> bool:
+    """Whether numba can be imported here (the CPU kernels' optional dependency; asked once,
+    ``numba_usable.cache_clear()`` asks again)."""
     try:
         import numba  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-def numba_usable() -> bool:
-    """Whether numba can be imported here (the CPU kernels' optional dependency)."""
-    return _numba_import_ok()
 
 
 def _refuse_dtypes(backend: str, floats, allowed) -> None:

@@ -44,7 +44,12 @@ def masked_topk_reference(scores: torch.Tensor, k: int, exclude=None,
                           overwrite: bool = False) -> torch.Tensor:
     """Torch reference of :func:`masked_topk`: ``-inf`` on the excluded items, then
     ``torch.topk``. ``overwrite=True`` writes the ``-inf`` into ``scores`` itself (no copy)."""
-    ex = _check(scores, k, exclude)
+    return _reference(scores, k, _check(scores, k, exclude), overwrite)
+
+
+def _reference(scores: torch.Tensor, k: int, ex: Optional[sp.csr_matrix],
+               overwrite: bool) -> torch.Tensor:
+    """:func:`masked_topk_reference` on inputs :func:`_check` has passed."""
     if ex is not None and ex.nnz:
         if not overwrite:
             scores = scores.clone()
@@ -101,7 +106,7 @@ def masked_topk(scores: torch.Tensor, k: int, exclude=None, backend: str = "auto
     if choice == "numba" and backend == "auto" and k > NUMBA_MAX_K:
         choice = "torch"              # the kernel's sorted insertion is O(k) per entry
     if choice != "numba":
-        return masked_topk_reference(scores, k, ex, overwrite=overwrite)
+        return _reference(scores, k, ex, overwrite)
     if ex is None:
         ex_ptr = np.zeros(scores.shape[0] + 1, dtype=np.int64)
         ex_idx = np.zeros(0, dtype=np.int64)

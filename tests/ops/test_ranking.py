@@ -189,9 +189,9 @@ def test_a_forked_child_ranks_after_the_parent_used_the_parallel_kernel(keep_thr
 def no_numba(monkeypatch):
     """numba made unimportable (as on a machine without it)."""
     monkeypatch.setitem(sys.modules, "numba", None)
-    dispatch._numba_import_ok.cache_clear()
+    dispatch.numba_usable.cache_clear()
     yield
-    dispatch._numba_import_ok.cache_clear()
+    dispatch.numba_usable.cache_clear()
 
 
 def test_without_numba_auto_falls_back_to_torch(no_numba, monkeypatch):
