@@ -67,7 +67,7 @@ def masked_topk(scores: torch.Tensor, k: int, exclude=None, backend: str = "auto
     above every number, and a row with fewer than ``k`` items left is completed with
     excluded items. On the CPU (``backend="numba"``, or ``"auto"`` with numba installed and
     ``k <= NUMBA_MAX_K``) a numba kernel reads each row once and leaves ``scores``
-    untouched: 0.63 x the time of the torch path on a 1456 x 23033 block (2 threads,
+    untouched: 0.64 x the time of the torch path on a 1456 x 23033 block (2 threads,
     ``bench/bench_train.py``). It orders equal scores by index (lower first; NaN above
     ``+inf``), where ``torch.topk`` promises no order, so the two can differ where scores
     tie at the k-th place. The first call in a fresh install compiles the kernel (about 3 s
