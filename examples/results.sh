@@ -73,7 +73,7 @@ done
 echo "$P --data $D/amazon-baby --model lightgcn --lr 5e-3 --seed 1 --out $R/baby/abl-lightgcn-lr5e-3-s1"
 # Around the current default p = 0.4 (seed 1): the ID residual smoothed over neighbours
 # (Baby, in memory and on the store; Clothing on the store), the regulariser (MovieLens-100k,
-# Baby), the content width d0 (MovieLens-100k)
+# Baby), the content width d0 (MovieLens-100k), the mask's scope
 B="--data $D/amazon-baby --model ssr --id-prior lightgcn --seed 1"
 C="--data $D/amazon-clothing --model ssr --id-prior lightgcn --seed 1"
 echo "$P $B --id-residual smooth --out $R/baby/abl-smooth-s1"
@@ -82,6 +82,13 @@ echo "$P $C --pipeline stored --approx chebyshev --id-residual smooth --out $R/c
 echo "$P $B --reg 1e-3 --out $R/baby/abl-reg1e-3-s1"
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --reg 1e-3 --out $R/ml/abl-reg1e-3-s1"
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --d0 128 --out $R/ml/abl-d0128-s1"
+# A band mask drawn per node instead of per batch (MovieLens-100k, Baby in memory)
+echo "$P --data $D/movielens-100k --model ssr --seed 1 --mask-scope node --out $R/ml/abl-masknode-s1"
+echo "$P $B --mask-scope node --out $R/baby/abl-masknode-s1"
+# More negatives, the consistency weight and the consistency on scores (MovieLens-100k)
+echo "$P --data $D/movielens-100k --model ssr --seed 1 --n-neg 4 --out $R/ml/abl-neg4-s1"
+echo "$P --data $D/movielens-100k --model ssr --seed 1 --lambda-mask 0.2 --out $R/ml/abl-lm0.2-s1"
+echo "$P --data $D/movielens-100k --model ssr --seed 1 --consistency prediction --out $R/ml/abl-pred-s1"
 # Uniform edges on Baby at p = 0.4, seeds 1-3 (the same slots as the energy edges: see README)
 for s in 1 2 3; do
     echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed $s --band-edges uniform --out $R/baby/abl-uniform-p0.4-s$s"

@@ -13,7 +13,8 @@ One SSR model (:class:`~ssr_engine.SSRModel`) with two band sources, picked by t
   :class:`~ssr_engine.train.Trainer`.
 
 Both write ``<out>/metrics.json`` (validation metrics of the chosen epoch, test metrics of
-that epoch for all and for cold-start users, timings) and ``<out>/checkpoint.pt`` after
+that epoch for all and for cold-start users, timings), ``<out>/test_per_user.npz`` (the
+test metrics of every user: ``RankingResult.load``) and ``<out>/checkpoint.pt`` after
 every epoch; an existing checkpoint is continued with ``--resume`` or discarded with
 ``--fresh``. Long phases show progress bars with rates and ETA (``--quiet`` for logs).
 Both checkpoint on SIGINT/SIGTERM during training (exit status 128 + signal), and a resumed
@@ -52,7 +53,8 @@ from ssr_engine.distributed import RankFailure
 from ssr_engine.train import (Interrupted, TrainConfig, Trainer, default_batch_size,
                               result_notes, seed_everything)
 from ssr_engine.train.checkpoint import atomic_write, out_folder, remove_leftovers
-from ssr_engine.train.pipeline import DEFAULT_SYNTHETIC, LargeRun, run_large, synthetic_modalities
+from ssr_engine.train.pipeline import (DEFAULT_SYNTHETIC, PER_USER_FILE, LargeRun, run_large,
+                                       synthetic_modalities)
 from ssr_engine.train.precompute import check_feasible
 from ssr_engine.train.threads import ThreadPolicy
 from ssr_engine.train.update import (UPDATE_EPOCHS, UPDATE_LR, UPDATE_PATIENCE, UPDATE_SHRINK,
@@ -110,7 +112,7 @@ _ONLY = {
     **{d: ("SSR", lambda a, st: a.model == "ssr") for d in (
         "modalities", "approx", "n_bands", "rank", "order", "id_basis", "id_prior", "d0",
         "fusion", "n_out", "fusion_init", "no_fusion_gates", "no_fusion_norm", "lambda_fusion",
-        "lambda_dec", "id_residual", "no_mask", "mask_p", "lambda_mask", "consistency",
+        "lambda_dec", "id_residual", "no_mask", "mask_p", "mask_scope", "lambda_mask", "consistency",
         "no_align", "lambda_cl", "tau")},
     **{d: ("the stored pipeline", lambda a, st: st) for d in (
         "reduce", "store_dtype", "store_dir", "distributed", "timeout")},
@@ -245,6 +247,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-p", type=_number(float, 0, 1, hi_open=True), default=0.4,
                    help="band drop probability (0.4, chosen on validation; runs from before "
                         "2026-12-06 used 0.2: resume them with --mask-p 0.2)")
+    g.add_argument("--mask-scope", choices=("batch", "node"), default="batch",
+                   help="one band mask per step for the whole batch, or one per node")
     g.add_argument("--lambda-mask", type=NONNEG_FLOAT, default=0.1)
     g.add_argument("--consistency", choices=("representation", "prediction"),
                    default="representation")
@@ -307,7 +311,8 @@ def stored_options(args) -> LargeRun:
         n_bands=args.n_bands, order=args.order, k=args.k, d0=args.d0, reduce=args.reduce,
         store_dtype=args.store_dtype, id_basis=args.id_basis, dim=args.dim, rank=args.rank,
         id_prior=args.id_prior, **fusion_options(args), band_mask=not args.no_mask,
-        mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
+        mask_p=args.mask_p, mask_scope=args.mask_scope, lambda_mask=args.lambda_mask,
+        consistency=args.consistency,
         align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
         loss=args.loss, epochs=default_epochs(args), batch_size=args.batch_size,
         lr=args.lr, fusion_lr=args.fusion_lr, fusion_weight_decay=args.fusion_wd,
@@ -327,7 +332,8 @@ def build_model(args, ds):
         approx=args.approx, order=args.order, id_basis=args.id_basis, id_prior=args.id_prior,
         d0=args.d0, band_edges=args.band_edges, atom=args.atom, **fusion_options(args),
         band_mask=not args.no_mask,
-        mask_p=args.mask_p, lambda_mask=args.lambda_mask, consistency=args.consistency,
+        mask_p=args.mask_p, mask_scope=args.mask_scope, lambda_mask=args.lambda_mask,
+        consistency=args.consistency,
         align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
         loss=args.loss, seed=args.seed)
 
@@ -363,7 +369,7 @@ def run_in_memory(args, ds, t0: float) -> dict:
                              "to continue that run or --fresh to start over")
         if args.resume and not ckpt.exists():
             raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
-        remove_leftovers(ckpt, args.out / "metrics.json")
+        remove_leftovers(ckpt, args.out / "metrics.json", args.out / PER_USER_FILE)
         trainer = Trainer(model, ds, cfg, checkpoint=ckpt, fresh=args.fresh)
         for line in trainer.plan_lines():
             print(line, flush=True)
@@ -380,6 +386,8 @@ def run_in_memory(args, ds, t0: float) -> dict:
                "seconds_per_epoch": res.train_seconds / max(1, res.epochs_this_call),
                "wall_seconds": time.perf_counter() - t0, "history": res.history,
                "command": " ".join(sys.argv)}
+        with atomic_write(args.out / PER_USER_FILE, "wb") as fh:
+            trainer.test_result.save(fh)
         with atomic_write(args.out / "metrics.json", "w") as fh:
             fh.write(json.dumps(out, indent=1))
         if args.report is not None and args.model == "ssr":

@@ -110,6 +110,41 @@ class RankingResult:
             out[name] = float(v[sel].mean()) if sel.any() else float("nan")
         return out
 
+    def save(self, file) -> None:
+        """Write the per-user metrics as an ``.npz`` (``users`` and one array per metric):
+        what a later comparison on any group of users needs (:meth:`load`).
+
+        Args:
+            file: a path or a binary file object.
+        """
+        np.savez(file, users=self.users, **{f"metric:{k}": v for k, v in self.per_user.items()})
+
+    @classmethod
+    def load(cls, path) -> "RankingResult":
+        """Read a result written by :meth:`save`.
+
+        Raises:
+            ValueError: when the file is not such a result.
+
+        Example:
+            >>> import io, numpy as np
+            >>> r = RankingResult(np.array([0, 3]), {"recall@20": np.array([0.5, 1.0])})
+            >>> buf = io.BytesIO(); r.save(buf); _ = buf.seek(0)
+            >>> RankingResult.load(buf).summary([3])
+            {'n_users': 1, 'recall@20': 1.0}
+        """
+        with np.load(path, allow_pickle=False) as z:
+            names = [k for k in z.files if k.startswith("metric:")]
+            if "users" not in z.files or not names:
+                raise ValueError(f"{path} does not hold per-user ranking metrics (no 'users' "
+                                 "or 'metric:' arrays); it was not written by "
+                                 "RankingResult.save")
+            users = z["users"].astype(np.int64)
+            per_user = {k[len("metric:"):]: z[k] for k in names}
+        if any(v.shape != users.shape for v in per_user.values()):
+            raise ValueError(f"{path}: the metric arrays do not match the {users.size} users")
+        return cls(users, per_user)
+
 
 def full_ranking(score_fn: Callable[[torch.Tensor], torch.Tensor], truth: sp.spmatrix,
                  exclude: Optional[sp.spmatrix] = None, ks: Sequence[int] = (10, 20),

@@ -57,7 +57,8 @@ __all__ = ["SSRModel"]
 
 #: defaults of the settings that model configurations record only when changed.
 LATER_DEFAULTS = {"fusion_init": "random", "fusion_gates": True, "fusion_norm": True,
-                  "lambda_fusion": 0.0, "lambda_dec": 0.0, "atom": "slot", "id_residual": "free"}
+                  "lambda_fusion": 0.0, "lambda_dec": 0.0, "atom": "slot", "id_residual": "free",
+                  "mask_scope": "batch"}
 #: the later settings that only a G-HSNO fusion uses.
 _GHSNO_ONLY = ("lambda_fusion", "fusion_init", "fusion_gates", "fusion_norm")
 
@@ -140,6 +141,9 @@ class SSRModel(Recommender):
         lambda_fusion: weight of the fusion regularisation (G-HSNO fusions).
         lambda_dec: weight of the decomposition loss.
         band_mask: use the band mask and its consistency loss.
+        mask_scope: ``"batch"`` (one band mask per step, shared by the batch's nodes) or
+            ``"node"`` (each node of the batch draws its own; the same draw for all its
+            modalities).
         mask_p: band drop probability ``p`` (0.4, chosen on validation on MovieLens-100k,
             Amazon Baby and Clothing; it was 0.2 before 2026-12-06).
         lambda_mask: weight of the consistency loss.
@@ -189,9 +193,9 @@ class SSRModel(Recommender):
                  fusion_init: str = "random", fusion_gates: bool = True,
                  fusion_norm: bool = True, lambda_fusion: float = 0.0, lambda_dec: float = 0.0,
                  band_mask: bool = True, mask_p: float = 0.4, lambda_mask: float = 0.1,
-                 consistency: str = "representation", align: bool = True,
-                 lambda_cl: float = 0.05, tau: float = 0.2, align_items: int = 256,
-                 reg: float = 1e-4, loss: str = "bpr", seed: int = 0, backend: str = "auto",
+                 mask_scope: str = "batch", consistency: str = "representation",
+                 align: bool = True, lambda_cl: float = 0.05, tau: float = 0.2,
+                 align_items: int = 256, reg: float = 1e-4, loss: str = "bpr", seed: int = 0, backend: str = "auto",
                  source: Optional[BandSource] = None, sparse_residual: bool = False):
         super().__init__(graph.interaction_matrix(), loss)
         if n_bands < 1 or dim < 1 or rank < 1 or d0 < 1 or (n_out is not None and n_out < 1):
@@ -204,7 +208,8 @@ class SSRModel(Recommender):
         # that checkpoints written before they existed still match a default model.
         later = {"fusion_init": fusion_init, "fusion_gates": bool(fusion_gates),
                  "fusion_norm": bool(fusion_norm), "lambda_fusion": float(lambda_fusion),
-                 "lambda_dec": float(lambda_dec), "atom": atom, "id_residual": id_residual}
+                 "lambda_dec": float(lambda_dec), "atom": atom, "id_residual": id_residual,
+                 "mask_scope": mask_scope}
         later = {k: v for k, v in later.items() if v != LATER_DEFAULTS[k]}
         if fusion == "sum":
             unused = [k for k in _GHSNO_ONLY if k in later]
@@ -218,6 +223,7 @@ class SSRModel(Recommender):
         for opt, val, allowed in (("band_edges", band_edges, ("energy", "uniform")),
                                   ("atom", atom, ("slot", "fold")),
                                   ("id_residual", id_residual, ("free", "smooth")),
+                                  ("mask_scope", mask_scope, ("batch", "node")),
                                   ("fusion_init", fusion_init, ("random", "identity")),
                                   ("fusion", fusion, ("cp", "cp+sum", "sum")),
                                   ("consistency", consistency, ("representation",
@@ -261,6 +267,7 @@ class SSRModel(Recommender):
         self.reg, self.lambda_mask, self.lambda_cl = float(reg), float(lambda_mask), float(lambda_cl)
         self.lambda_fusion, self.lambda_dec = float(lambda_fusion), float(lambda_dec)
         self.consistency, self.align_items = consistency, int(align_items)
+        self.mask_scope = mask_scope
         self.band_report = source.report
 
         # 1. decomposition: shared edges, content bands, spectral ID bands.
@@ -365,11 +372,13 @@ class SSRModel(Recommender):
         x = per_node[inv]
         return (x[:B] + x[B:2 * B] + x[2 * B:].view(B, n_neg).mean(1)).mean()
 
-    def _fuse_batch(self, nodes: torch.Tensor, scales: torch.Tensor
+    def _fuse_batch(self, nodes: torch.Tensor, scales: torch.Tensor,
+                    node_scale: Optional[torch.Tensor] = None
                     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Fused vectors of ``nodes`` under each slot scale ``scales [P, m, M]`` -> ``[P, n, d]``,
-        each node's squared slot norm ``Σ_{m,b} ‖H_{m,b}‖²`` -> ``[n]``, and the decomposition
-        loss of the nodes' slots (``None`` when ``λ_dec = 0``).
+        """Fused vectors of ``nodes`` under each slot scale ``scales [P, m, M]`` (and, when
+        given, under the per-node slot scales ``node_scale [n, m, M]``, appended last) ->
+        ``[P (+1), n, d]``, each node's squared slot norm ``Σ_{m,b} ‖H_{m,b}‖²`` -> ``[n]``,
+        and the decomposition loss of the nodes' slots (``None`` when ``λ_dec = 0``).
 
         With the plain sum the slots are summed modality by modality, so the ``[n, m, M, d]``
         slot tensor of a batch is never formed (on a large batch the step is memory-bound,
@@ -378,24 +387,32 @@ class SSRModel(Recommender):
         dec = None
         if isinstance(self.fusion, SumFusion):
             layers = [self.id_bands, *self.content.values()]
-            h, sq, parts = 0.0, 0.0, []
+            h, hn, sq, parts = 0.0, 0.0, 0.0, []
             n = nodes.numel()
             for j, layer in enumerate(layers):
                 H = layer(nodes)                                             # [n, M, d]
                 # one product [P, M] @ [M, n·d] for all scales
                 Hb = H.transpose(0, 1).reshape(H.shape[1], -1)
                 h = h + (scales[:, j].to(H.dtype) @ Hb).view(-1, n, self.dim)
+                if node_scale is not None:
+                    hn = hn + torch.einsum("nb,nbd->nd", node_scale[:, j].to(H.dtype), H)
                 sq = sq + (H * H).sum(dim=(1, 2))
                 if self.lambda_dec > 0:
                     parts.append(H)
             if parts:
                 dec = decomposition_loss(torch.cat(parts, 1), self.band_of_slot)
+            if node_scale is not None:
+                h = torch.cat([h, hn.unsqueeze(0)])
             return h, sq, dec
         raw = self.slots(nodes)                                              # [n, m, M, d]
         if self.lambda_dec > 0:
             dec = decomposition_loss(raw.flatten(1, 2), self.band_of_slot)
-        return (torch.stack([self.fuse(raw, s) for s in scales]),
-                raw.pow(2).sum(dim=(1, 2, 3)), dec)
+        hs = [self.fuse(raw, s) for s in scales]
+        if node_scale is not None:
+            # the fusions take one scale per slot: fold the per-node part into the slots
+            ones = torch.ones_like(node_scale[0])
+            hs.append(self.fuse(raw * node_scale.unsqueeze(-1), ones))
+        return torch.stack(hs), raw.pow(2).sum(dim=(1, 2, 3)), dec
 
     def _batch_loss(self, users, pos, neg) -> Dict[str, torch.Tensor]:
         """``L = L_rec + λ_mask L_mask + λ_cl L_cl + λ_dec L_dec + λ_fus R_fus + L_reg`` of a
@@ -403,12 +420,15 @@ class SSRModel(Recommender):
         B, n_neg = neg.shape
         uniq, inv = self._batch_nodes(users, pos, neg)
         alpha = self.reliability.alpha                           # [m, M]
-        scales = [alpha]
-        if self.mask.active:
+        scales, node_scale = [alpha], None
+        if self.mask.active and self.mask_scope == "node":
+            z = self.mask.sample(alpha.device, alpha.dtype, n=uniq.numel())    # [n, M]
+            node_scale = alpha.unsqueeze(0) * z.unsqueeze(1)                  # [n, m, M]
+        elif self.mask.active:
             z = self.mask.sample(alpha.device, alpha.dtype)      # [M], shared by modalities
             scales.append(alpha * z)
-        hs, sq, l_dec = self._fuse_batch(uniq, torch.stack(scales))
-        h_full, h_masked = hs[0], (hs[1] if len(scales) > 1 else None)
+        hs, sq, l_dec = self._fuse_batch(uniq, torch.stack(scales), node_scale)
+        h_full, h_masked = hs[0], (hs[1] if hs.shape[0] > 1 else None)
 
         def scores(h):
             x = h[inv]

@@ -82,11 +82,13 @@ class BandMask(nn.Module):
     def active(self) -> bool:
         return self.training and self.p > 0.0
 
-    def sample(self, device=None, dtype=torch.float32) -> torch.Tensor:
-        """One draw of the scaled keep mask ``[M]`` (ones when inactive)."""
+    def sample(self, device=None, dtype=torch.float32, n: Optional[int] = None) -> torch.Tensor:
+        """One draw of the scaled keep mask: ``[M]``, or ``[n, M]`` (one draw per node) when
+        ``n`` is given; ones when inactive."""
+        shape = (self.n_bands,) if n is None else (int(n), self.n_bands)
         if not self.active:
-            return torch.ones(self.n_bands, device=device, dtype=dtype)
-        keep = torch.rand(self.n_bands, device=device) >= self.p
+            return torch.ones(shape, device=device, dtype=dtype)
+        keep = torch.rand(shape, device=device) >= self.p
         return keep.to(dtype) / (1.0 - self.p)
 
     def forward(self, H: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:

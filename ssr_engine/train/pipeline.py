@@ -13,7 +13,8 @@
    a full disk is refused before writing, and the checkpoint is left as it was;
 4. **training** — :class:`~ssr_engine.train.Trainer` (constant-cost steps,
    checkpoint every epoch and on SIGINT/SIGTERM, exact resume, sampled full ranking);
-5. **report** — ``<out>/metrics.json`` (written atomically by process 0) and a summary.
+5. **report** — ``<out>/metrics.json`` and ``<out>/test_per_user.npz`` (the test metrics of
+   every user), written atomically by process 0, and a summary.
 
 A run killed in the middle of writing a file leaves at most a temporary file beside it
 (:func:`~ssr_engine.train.checkpoint.atomic_write`; SIGTERM there is turned into an exception
@@ -47,7 +48,14 @@ from .threads import ThreadPolicy
 from .trainer import TrainConfig, Trainer, default_batch_size, result_notes
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
-           "synthetic_modalities"]
+           "synthetic_modalities", "PER_USER_FILE"]
+
+#: the test metrics of every test user, beside ``metrics.json``
+#: (:meth:`ssr_engine.metrics.RankingResult.save`), for comparisons on any group of users.
+PER_USER_FILE = "test_per_user.npz"
+#: what an update records before training (the carry-over, the test ranking before any
+#: training), read back when the update is resumed.
+UPDATE_START_FILE = "update_start.json"
 
 #: the built-in synthetic graph of the default run: (users, items, interactions).
 DEFAULT_SYNTHETIC = (120_000, 60_000, 2_400_000)
@@ -93,8 +101,8 @@ class LargeRun:
             (:func:`~ssr_engine.train.precompute.precompute_bands`; ``id_basis`` is its
             ``id_k``).
         dim, rank, id_prior, id_residual, fusion, n_out, fusion_init, fusion_gates, fusion_norm,
-            lambda_fusion, lambda_dec, band_mask, mask_p, lambda_mask, consistency, align,
-            lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`, which
+            lambda_fusion, lambda_dec, band_mask, mask_p, mask_scope, lambda_mask, consistency,
+            align, lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`, which
             reads its band slots from the store and updates its ID residual sparsely).
         epochs, batch_size, lr, fusion_lr, fusion_weight_decay, n_neg, patience, eval_every,
             eval_users, checkpoint_every: training settings
@@ -141,6 +149,7 @@ class LargeRun:
     lambda_dec: float = 0.0
     band_mask: bool = True
     mask_p: float = 0.4
+    mask_scope: str = "batch"
     lambda_mask: float = 0.1
     consistency: str = "representation"
     align: bool = True
@@ -278,7 +287,8 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     if opts.resume and not ckpt.exists():
         raise ValueError(f"--resume: there is no checkpoint in {out} to continue")
     if rank == 0:
-        left = remove_leftovers(ckpt, out / "metrics.json")
+        left = remove_leftovers(ckpt, out / "metrics.json", out / PER_USER_FILE,
+                                out / UPDATE_START_FILE)
         if left:
             log(f"[setup] removed {left} temporary file(s) left by a killed run in {out}")
     if opts.distributed:
@@ -354,7 +364,8 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
                         fusion_init=opts.fusion_init, fusion_gates=opts.fusion_gates,
                         fusion_norm=opts.fusion_norm, lambda_fusion=opts.lambda_fusion,
                         lambda_dec=opts.lambda_dec, band_mask=opts.band_mask,
-                        mask_p=opts.mask_p, lambda_mask=opts.lambda_mask,
+                        mask_p=opts.mask_p, mask_scope=opts.mask_scope,
+                        lambda_mask=opts.lambda_mask,
                         consistency=opts.consistency, align=opts.align,
                         lambda_cl=opts.lambda_cl, tau=opts.tau, reg=opts.reg, loss=opts.loss,
                         seed=opts.seed, sparse_residual=sparse).to(opts.device)
@@ -391,6 +402,16 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         log(f"[update] before training: test recall@20 {before['test']['recall@20']:.4f}"
             + (f", {news['n_users']} new users {news['recall@20']:.4f}" if news["n_users"]
                else ", no new users among the test users"))
+        if rank == 0:
+            with atomic_write(out / UPDATE_START_FILE, "w") as fh:
+                fh.write(json.dumps({"carried_over": carried, "before_training": before,
+                                     "seconds": {k: timings[k] for k in
+                                                 ("carry_over", "before_training")}}))
+    elif upd is not None and (out / UPDATE_START_FILE).is_file():
+        # a resumed update: the carry-over and the ranking before training happened in the
+        # run that started it
+        start = json.loads((out / UPDATE_START_FILE).read_text())
+        carried, before = start["carried_over"], start["before_training"]
     res = trainer.fit()
     report = {
         "dataset": ds.name, "pipeline": "stored", "n_users": ds.n_users, "n_items": ds.n_items,
@@ -418,8 +439,11 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
             "users": int(g.users.size), "items": int(g.items.size), "new_user_ids": g.new_users,
             "new_item_ids": g.new_items, "new_users": int(upd.new_users.size),
             "carried_over": carried, "before_training": before,
-            "test_new_users": upd.group(trainer.test_result)}
+            "test_new_users": upd.group(trainer.test_result),
+            "new_user_list": upd.new_users.tolist()}
     if rank == 0:
+        with atomic_write(out / PER_USER_FILE, "wb") as fh:
+            trainer.test_result.save(fh)
         with atomic_write(out / "metrics.json", "w") as fh:
             fh.write(json.dumps(report, indent=1))
         keys = ("best_epoch", "valid", "test", "test_cold", "seconds_per_epoch",

@@ -24,6 +24,11 @@ def test_stored_pipeline_trains_and_reports(tmp_path):
     assert m["bands"]["method"] == "chebyshev"
     assert m["n_users"] == 400 and 0.0 < m["test"]["recall@20"] <= 1.0
     assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "bands").is_dir()
+    # the per-user test metrics average to the reported ones
+    from ssr_engine.metrics import RankingResult
+    per_user = RankingResult.load(tmp_path / "test_per_user.npz").summary()
+    assert per_user["n_users"] == m["test"]["n_users"]
+    assert per_user["recall@20"] == pytest.approx(m["test"]["recall@20"], abs=1e-12)
     # --quiet: a line per phase and per evaluated epoch, then the final metrics
     assert "[bands] done in" in r.stdout and "[epoch 1] loss" in r.stdout
     assert '"best_epoch": 1' in r.stdout
@@ -55,6 +60,11 @@ def test_in_memory_baseline(tmp_path):
                        ds.user_item_matrix("train")).summary()
     assert got["n_users"] == m["test"]["n_users"]
     assert abs(got["recall@20"] - m["test"]["recall@20"]) < 1e-6 and got["recall@20"] > 0
+    from ssr_engine.metrics import RankingResult
+    saved = RankingResult.load(tmp_path / "test_per_user.npz")
+    cold = ds.cold_users(5)
+    assert saved.summary(cold)["recall@20"] == pytest.approx(m["test_cold"]["recall@20"],
+                                                             abs=1e-12)
 
 
 def test_in_memory_sigterm_during_checkpoint_write(tmp_path):
@@ -75,7 +85,8 @@ def test_in_memory_sigterm_during_checkpoint_write(tmp_path):
     # what a SIGKILLed writer leaves is removed by the next run, which resumes
     (tmp_path / "checkpoint.pt.a1b2c3d4.tmp").write_bytes(b"torn")
     assert _run(*args, "--resume").returncode == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.json",
+                                                         "test_per_user.npz"]
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == 3
 
 

@@ -66,6 +66,27 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     up = m["update"]
     assert up["added"] == sum(1 for _ in open(setup["new"])) - 1
     assert up["new_user_ids"] == 1 and up["new_users"] == 2         # id 300 and the lone user
+    assert up["new_user_list"] == sorted([setup["lone"], 300])
+    # examples/new_users.py: those users' figures here and, from its per-user file, in the
+    # run before the update
+    new_users = runpy.run_path(str(SCRIPT.parent / "new_users.py"), run_name="new_users")
+    table = new_users["rows"](out, [run])
+    from ssr_engine.metrics import RankingResult
+    earlier = RankingResult.load(run / "test_per_user.npz").summary(up["new_user_list"])
+    np.testing.assert_equal([r[1:] for r in table], [
+        new_users["_pick"](up["before_training"]["test_new_users"]),
+        new_users["_pick"](up["test_new_users"]),
+        (earlier["n_users"], earlier["recall@20"], earlier["ndcg@20"])])
+    assert table[2][1] == 1 and table[2][2] >= 0          # the lone user is a test user
+    with pytest.raises(ValueError, match="not an updated run"):
+        new_users["rows"](run, [])
+    # resuming the update (here: the finished one) keeps what happened before its training
+    script["main"](["--update", str(setup["new"]), "--from", str(run), "--out", str(out),
+                    "--epochs", "2", "--quiet", "--resume"])
+    resumed = json.loads((out / "metrics.json").read_text())["update"]
+    assert up["before_training"] is not None
+    for k in ("before_training", "carried_over", "test_new_users", "new_user_list"):
+        assert resumed[k] == up[k], k
     assert up["carried_over"]["extended"] >= 2
     assert m["n_users"] == 301 and m["epochs_run"] <= 2
     assert up["before_training"]["test"]["recall@20"] > 0

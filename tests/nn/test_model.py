@@ -91,6 +91,36 @@ def test_mask_off_at_eval_and_consistency_zero_without_mask(ds):
     assert off.loss(*_batch(ds))["mask"].item() == 0.0
 
 
+@pytest.mark.parametrize("fusion", ["sum", "cp"])
+def test_node_scope_mask_fuses_each_node_under_its_own_draw(ds, fusion):
+    """``mask_scope="node"``: the masked vector of each node is its fusion under its own
+    slot scales, the same as fusing that node alone under a shared scale; with every row
+    equal to one draw it is the batch-scope mask."""
+    m = _model(ds, fusion=fusion, mask_scope="node")
+    nodes = torch.tensor([0, 5, 70, 80])
+    alpha = m.reliability.alpha.detach()
+    z = torch.tensor([[2.0, 0.0, 2.0], [0.0, 2.0, 2.0], [2.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
+    node_scale = alpha.unsqueeze(0) * z.unsqueeze(1)                  # [n, m, M]
+    with torch.no_grad():
+        hs, sq, _ = m._fuse_batch(nodes, alpha.unsqueeze(0), node_scale)
+        assert hs.shape == (2, 4, 8)
+        for r in range(4):
+            one, _, _ = m._fuse_batch(nodes[r:r + 1], node_scale[r].unsqueeze(0))
+            torch.testing.assert_close(hs[1, r], one[0, 0])
+        shared = alpha * z[0]
+        same, _, _ = m._fuse_batch(nodes, torch.stack([alpha, shared]),
+                                   shared.expand(4, -1, -1))
+        torch.testing.assert_close(same[2], same[1])
+        torch.testing.assert_close(same[0], hs[0])
+    torch.manual_seed(1)
+    out = m.loss(*_batch(ds))
+    assert float(out["mask"]) > 0
+    out["loss"].backward()
+    assert m.config()["mask_scope"] == "node" and "mask_scope" not in _model(ds).config()
+    with pytest.raises(ValueError, match="mask_scope"):
+        _model(ds, mask_scope="slot")
+
+
 def test_batched_equals_per_item_and_score_is_dot(ds):
     m = _model(ds).eval()
     users = torch.tensor([0, 3, 3, 59])

@@ -42,6 +42,19 @@ def test_mask_drops_whole_bands_shared_by_modalities():
     assert seen == {0.0, 2.0}
 
 
+def test_mask_sample_per_node():
+    """``sample(n=...)``: one independent draw per node, each entry 0 or 1/(1-p); ones when
+    inactive."""
+    torch.manual_seed(0)
+    m = BandMask(4, p=0.5).train()
+    z = m.sample(n=500)
+    assert z.shape == (500, 4)
+    assert set(z.unique().tolist()) == {0.0, 2.0}
+    assert 0.4 < float((z == 0).float().mean()) < 0.6          # p of the entries dropped
+    assert len({tuple(r) for r in z.tolist()}) > 8             # rows differ
+    assert torch.equal(m.eval().sample(n=3), torch.ones(3, 4))
+
+
 def test_mask_rejects_bad_p_and_shapes():
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         BandMask(4, p=1.0)

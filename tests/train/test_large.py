@@ -199,7 +199,7 @@ def test_sigterm_while_writing_metrics_leaves_no_temporary_file(tmp_path):
             "@contextlib.contextmanager\n"
             "def signalled(path, mode='wb'):\n"
             "    with real(path, mode) as fh:\n"
-            "        fh.write('{'); fh.flush()\n"
+            "        fh.write(b'{' if 'b' in mode else '{'); fh.flush()\n"
             "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
             "        yield fh\n"
             "P.atomic_write = signalled\n"
@@ -216,7 +216,7 @@ def test_sigterm_while_writing_metrics_leaves_no_temporary_file(tmp_path):
     (tmp_path / "checkpoint.pt.q1w2e3r4.tmp").write_bytes(b"torn")
     report = run_large(LargeRun(out=tmp_path, resume=True, **_TINY))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bands", "checkpoint.pt",
-                                                          "metrics.json"]
+                                                          "metrics.json", "test_per_user.npz"]
     assert json.loads((tmp_path / "metrics.json").read_text())["test"] == report["test"]
 
 
