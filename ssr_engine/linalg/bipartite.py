@@ -300,16 +300,13 @@ def graph_eigs(graph: InteractionGraph, k: int, which: str = "low",
         Z = torch.randn(M, n_large_null, dtype=torch.float64, generator=gen).to(dev, dtype)
         null_large = orthonormalize(Z, [orthonormalize(P.clone())], fill=True, generator=gen)
     B_large = _product(bwd_acc, torch.cat([P, null_large], dim=1))   # R̃^T p and R̃^T z
-    # Unit null vectors, times √2 for the 1/√2 that the assembly applies to every column.
-    r2 = math.sqrt(2.0)
-    nulls = _null_pairs(Qs[:, n_pos:n_pos + null_small.shape[1]] * r2,
-                        A_small[:, n_pos:n_pos + null_small.shape[1]] * r2,
-                        null_large * r2, B_large[:, n_pos:] * r2, m, M)
+    nulls = _null_pairs(Qs[:, n_pos:n_pos + null_small.shape[1]],
+                        A_small[:, n_pos:n_pos + null_small.shape[1]],
+                        null_large, B_large[:, n_pos:], m, M)
 
     # -- assemble the N-vectors and their residuals on L ----------------------------------------
-    # Halves of unit N-vectors carry a factor 1/√2, applied once to the assembled result.
     h = 1.0 / math.sqrt(2.0)
-    q, p, a, b = Qs[:, :n_pos], P, A_small[:, :n_pos], B_large[:, :n_pos]
+    q, p, a, b = Qs[:, :n_pos] * h, P * h, A_small[:, :n_pos] * h, B_large[:, :n_pos] * h
     s = sigma[:n_pos]
     parts = []                  # (λ [c], small half, large half, (Âv) small, (Âv) large)
     null_at = 0
@@ -328,21 +325,14 @@ def graph_eigs(graph: InteractionGraph, k: int, which: str = "low",
     lam = torch.cat([x[0] for x in parts])
     small, large, a_small, a_large = (torch.cat([x[i] for x in parts], dim=1)
                                       for i in range(1, 5))
-    order = torch.argsort(lam, stable=True)
-    lam = lam[order]
-    od = order.to(dev)
     one_minus = (1.0 - lam).to(device=dev, dtype=dtype)
-    # Written straight into the result, sorted, without stacking copies of the halves.
-    V = torch.empty(N, lam.numel(), dtype=dtype, device=dev)
-    sq = torch.zeros(lam.numel(), dtype=dtype, device=dev)
-    for half, a_half, lo, hi in ((small, a_small, *((n_u, N) if items_side else (0, n_u))),
-                                 (large, a_large, *((0, n_u) if items_side else (n_u, N)))):
-        rows = V[lo:hi]
-        torch.index_select(half, 1, od, out=rows)
-        d = torch.index_select(a_half, 1, od).addcmul_(rows, one_minus, value=-1)
-        sq += d.square_().sum(0)
-    V.mul_(h)
-    res = sq.sqrt().double().cpu() * (h / L_NORM)
+    res = ((small * one_minus - a_small).pow(2).sum(0)
+           + (large * one_minus - a_large).pow(2).sum(0)).sqrt().double().cpu() / L_NORM
+    order = torch.argsort(lam, stable=True)
+    od = order.to(dev)
+    halves = (large[:, od], small[:, od]) if items_side else (small[:, od], large[:, od])
+    V = torch.cat(halves, dim=0)
+    lam, res = lam[order], res[order]
     converged = bool((res <= tol).all())
     result = EigResult(eigenvalues=lam.to(device=dev, dtype=dtype), eigenvectors=V,
                        residuals=res, iterations=iters, converged=converged,

@@ -2,8 +2,7 @@
 
 The Krylov basis ``Q`` grows one block at a time: ``W = A Q_j`` is orthogonalised against the
 whole basis twice (the coefficients are the new column of the projected matrix
-``H = Q^T A Q``; the second pass subtracts only when a coefficient is above rounding level,
-which on Amazon Baby is about half the blocks), and its orthonormalised remainder is the next block, coupled to the basis by
+``H = Q^T A Q``), and its orthonormalised remainder is the next block, coupled to the basis by
 ``B = Q_{new}^T W``. With ``A Q = Q H + Q_{new} B E^T`` the residual of a Ritz pair
 ``(θ_i, Q s_i)`` is ``||B E^T s_i||``, read off the small matrices without touching ``A``.
 When the basis is full, the best Ritz vectors are kept (thick restart): the new basis is
@@ -22,10 +21,6 @@ from .subspace import MatMul, RitzPairs, Threshold, column_norms, orthonormalize
     rayleigh_ritz, start_block
 
 __all__ = ["block_lanczos"]
-
-# The full second Gram–Schmidt pass subtracts its coefficients only when one exceeds this
-# many units of rounding relative to the column (see block_lanczos).
-REORTH_TOL = 10.0
 
 
 def block_lanczos(matmul: MatMul, n: int, k: int, *, threshold: Threshold, maxiter: int,
@@ -65,7 +60,6 @@ def block_lanczos(matmul: MatMul, n: int, k: int, *, threshold: Threshold, maxit
     Q_next = torch.empty_like(Q)
     H = torch.zeros(m + 2 * b, m + 2 * b, dtype=torch.float64)
     defl = [deflate] if deflate is not None else []
-    eps = torch.finfo(dtype).eps
 
     V = start_block(n, b, X0, dtype, device, generator, deflate)
     nq = V.shape[1]
@@ -89,11 +83,7 @@ def block_lanczos(matmul: MatMul, n: int, k: int, *, threshold: Threshold, maxit
             coef_near = near.mT @ W
             W.addmm_(near, coef_near, alpha=-1)
             coef = basis_now.mT @ W
-            # The second pass matters only once orthogonality is being lost; until then its
-            # coefficients sit at rounding level, and subtracting them would only cost
-            # another read of the whole basis.
-            if bool((coef.abs().amax(0) > REORTH_TOL * eps * column_norms(W)).any()):
-                W.addmm_(basis_now, coef, alpha=-1)
+            W.addmm_(basis_now, coef, alpha=-1)
             coef[lo:] += coef_near
             # Q's own rounding along the deflated directions spreads through coef: clean up.
             project_out(W, defl)
