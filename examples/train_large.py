@@ -112,8 +112,8 @@ _ONLY = {
     **{d: ("SSR", lambda a, st: a.model == "ssr") for d in (
         "modalities", "approx", "n_bands", "rank", "order", "id_basis", "id_prior", "d0",
         "fusion", "n_out", "fusion_init", "no_fusion_gates", "no_fusion_norm", "lambda_fusion",
-        "lambda_dec", "id_residual", "no_mask", "mask_p", "mask_scope", "lambda_mask", "consistency",
-        "no_align", "lambda_cl", "tau")},
+        "lambda_dec", "id_residual", "no_mask", "mask_p", "mask_scope", "lambda_mask",
+        "consistency", "no_align", "lambda_cl", "tau")},
     **{d: ("the stored pipeline", lambda a, st: st) for d in (
         "reduce", "store_dtype", "store_dir", "distributed", "timeout")},
     "k": ("the stored pipeline with --approx eigen or lobpcg",
@@ -312,12 +312,12 @@ def stored_options(args) -> LargeRun:
         store_dtype=args.store_dtype, id_basis=args.id_basis, dim=args.dim, rank=args.rank,
         id_prior=args.id_prior, **fusion_options(args), band_mask=not args.no_mask,
         mask_p=args.mask_p, mask_scope=args.mask_scope, lambda_mask=args.lambda_mask,
-        consistency=args.consistency,
-        align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
-        loss=args.loss, epochs=default_epochs(args), batch_size=args.batch_size,
-        lr=args.lr, fusion_lr=args.fusion_lr, fusion_weight_decay=args.fusion_wd,
-        n_neg=args.n_neg, patience=args.patience, eval_every=args.eval_every,
-        eval_users=args.eval_users or None, checkpoint_every=args.checkpoint_every)
+        consistency=args.consistency, align=not args.no_align, lambda_cl=args.lambda_cl,
+        tau=args.tau, reg=args.reg, loss=args.loss, epochs=default_epochs(args),
+        batch_size=args.batch_size, lr=args.lr, fusion_lr=args.fusion_lr,
+        fusion_weight_decay=args.fusion_wd, n_neg=args.n_neg, patience=args.patience,
+        eval_every=args.eval_every, eval_users=args.eval_users or None,
+        checkpoint_every=args.checkpoint_every)
 
 
 def build_model(args, ds):
@@ -331,11 +331,9 @@ def build_model(args, ds):
         graph, ds.features, n_bands=args.n_bands, dim=args.dim, rank=args.rank,
         approx=args.approx, order=args.order, id_basis=args.id_basis, id_prior=args.id_prior,
         d0=args.d0, band_edges=args.band_edges, atom=args.atom, **fusion_options(args),
-        band_mask=not args.no_mask,
-        mask_p=args.mask_p, mask_scope=args.mask_scope, lambda_mask=args.lambda_mask,
-        consistency=args.consistency,
-        align=not args.no_align, lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg,
-        loss=args.loss, seed=args.seed)
+        band_mask=not args.no_mask, mask_p=args.mask_p, mask_scope=args.mask_scope,
+        lambda_mask=args.lambda_mask, consistency=args.consistency, align=not args.no_align,
+        lambda_cl=args.lambda_cl, tau=args.tau, reg=args.reg, loss=args.loss, seed=args.seed)
 
 
 def run_in_memory(args, ds, t0: float) -> dict:

@@ -195,7 +195,8 @@ class SSRModel(Recommender):
                  band_mask: bool = True, mask_p: float = 0.4, lambda_mask: float = 0.1,
                  mask_scope: str = "batch", consistency: str = "representation",
                  align: bool = True, lambda_cl: float = 0.05, tau: float = 0.2,
-                 align_items: int = 256, reg: float = 1e-4, loss: str = "bpr", seed: int = 0, backend: str = "auto",
+                 align_items: int = 256, reg: float = 1e-4, loss: str = "bpr", seed: int = 0,
+                 backend: str = "auto",
                  source: Optional[BandSource] = None, sparse_residual: bool = False):
         super().__init__(graph.interaction_matrix(), loss)
         if n_bands < 1 or dim < 1 or rank < 1 or d0 < 1 or (n_out is not None and n_out < 1):

@@ -52,7 +52,8 @@ class BandReliability(nn.Module):
 
 
 class BandMask(nn.Module):
-    """Drop whole bands in training: ``z_b ~ Bernoulli(1 − p) / (1 − p)``, shared per batch.
+    """Drop whole bands in training: ``z_b ~ Bernoulli(1 − p) / (1 − p)``, shared per batch
+    (or drawn per node: ``sample(n=...)``).
 
     In eval mode (and for ``p = 0``) the mask is the identity.
 
@@ -61,7 +62,8 @@ class BandMask(nn.Module):
         p: drop probability, ``0 ≤ p < 1``.
 
     Shapes:
-        ``sample()``: ``[M]``; input ``[n, m, M, d]`` -> output ``[n, m, M, d]``.
+        ``sample()``: ``[M]``; ``sample(n=n)``: ``[n, M]``; input ``[n, m, M, d]`` -> output
+        ``[n, m, M, d]``.
 
     Example:
         >>> import torch
