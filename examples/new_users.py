@@ -51,7 +51,11 @@ def rows(updated: Path, others) -> list:
         if not f.is_file():
             raise ValueError(f"{run}: no {PER_USER_FILE} (runs before 2026-12-07 did not write "
                              "it; resume the finished run with --resume to write it)")
-        out.append((str(run), *_pick(RankingResult.load(f).summary(users))))
+        row = (str(run), *_pick(RankingResult.load(f).summary(users)))
+        if row[1] != out[1][1]:
+            raise ValueError(f"{run} ranked {row[1]} of these users where {updated} ranked "
+                             f"{out[1][1]}: not the same test users (another dataset or split?)")
+        out.append(row)
     return out
 
 

@@ -18,6 +18,7 @@ elsewhere), so memory stays at ``block × n_items`` scores.
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
@@ -124,7 +125,8 @@ class RankingResult:
         """Read a result written by :meth:`save`.
 
         Raises:
-            ValueError: when the file is not such a result.
+            FileNotFoundError: when there is no such file.
+            ValueError: when the file is not such a result (another file, or a damaged one).
 
         Example:
             >>> import io, numpy as np
@@ -133,14 +135,18 @@ class RankingResult:
             >>> RankingResult.load(buf).summary([3])
             {'n_users': 1, 'recall@20': 1.0}
         """
-        with np.load(path, allow_pickle=False) as z:
-            names = [k for k in z.files if k.startswith("metric:")]
-            if "users" not in z.files or not names:
-                raise ValueError(f"{path} does not hold per-user ranking metrics (no 'users' "
-                                 "or 'metric:' arrays); it was not written by "
-                                 "RankingResult.save")
-            users = z["users"].astype(np.int64)
-            per_user = {k[len("metric:"):]: z[k] for k in names}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = [k for k in z.files if k.startswith("metric:")]
+                if "users" not in z.files or not names:
+                    raise ValueError("no 'users' or 'metric:' arrays")
+                users = z["users"].astype(np.int64)
+                per_user = {k[len("metric:"):]: z[k] for k in names}
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path} does not hold per-user ranking metrics written by "
+                             f"RankingResult.save ({e})") from None
         if any(v.shape != users.shape for v in per_user.values()):
             raise ValueError(f"{path}: the metric arrays do not match the {users.size} users")
         return cls(users, per_user)

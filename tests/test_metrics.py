@@ -106,3 +106,23 @@ def test_summary_subset_and_errors():
         full_ranking(lambda u: S[u], sp.csr_matrix((2, 2)), None, ks=(1,))
     with pytest.raises(ValueError, match="exceeds the number of items"):
         full_ranking(lambda u: S[u], truth, None, ks=(3,))
+
+
+def test_per_user_results_round_trip_and_bad_files(tmp_path):
+    from ssr_engine.metrics import RankingResult
+    truth = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]]))
+    S = torch.tensor([[0.0, 9.0, 1.0], [0.0, 2.0, 1.0], [5.0, 0.0, 1.0]])
+    r = full_ranking(lambda u: S[u], truth, ks=(1, 2))
+    r.save(tmp_path / "r.npz")
+    back = RankingResult.load(tmp_path / "r.npz")
+    assert back.users.tolist() == r.users.tolist()
+    assert back.summary() == r.summary() and back.summary([0, 2]) == r.summary([0, 2])
+    assert back.summary([0])["recall@1"] == 1.0 and back.summary([1])["recall@1"] == 0.0
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip")
+    np.savez(tmp_path / "other.npz", x=np.arange(3))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "r.npz").read_bytes()[:100])
+    for name in ("garbage.npz", "other.npz", "cut.npz"):
+        with pytest.raises(ValueError, match="per-user ranking metrics"):
+            RankingResult.load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        RankingResult.load(tmp_path / "missing.npz")

@@ -80,6 +80,13 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     assert table[2][1] == 1 and table[2][2] >= 0          # the lone user is a test user
     with pytest.raises(ValueError, match="not an updated run"):
         new_users["rows"](run, [])
+    other = root / "other-split"                      # a run that ranked other test users
+    other.mkdir()
+    elsewhere = next(u for u in range(300) if u not in up["new_user_list"])
+    RankingResult(np.array([elsewhere]), {"recall@20": np.array([1.0]), "ndcg@20": np.array(
+        [1.0])}).save(other / "test_per_user.npz")
+    with pytest.raises(ValueError, match="not the same test users"):
+        new_users["rows"](out, [other])
     # resuming the update (here: the finished one) keeps what happened before its training
     script["main"](["--update", str(setup["new"]), "--from", str(run), "--out", str(out),
                     "--epochs", "2", "--quiet", "--resume"])
