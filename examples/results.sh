@@ -85,10 +85,16 @@ echo "$P --data $D/movielens-100k --model ssr --seed 1 --d0 128 --out $R/ml/abl-
 # A band mask drawn per node instead of per batch (MovieLens-100k, Baby in memory)
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --mask-scope node --out $R/ml/abl-masknode-s1"
 echo "$P $B --mask-scope node --out $R/baby/abl-masknode-s1"
-# More negatives, the consistency weight and the consistency on scores (MovieLens-100k)
+# More negatives, the consistency weight and the consistency on scores, batch, lr, reg,
+# alignment weight, p and M around the default (MovieLens-100k)
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --n-neg 4 --out $R/ml/abl-neg4-s1"
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --lambda-mask 0.2 --out $R/ml/abl-lm0.2-s1"
 echo "$P --data $D/movielens-100k --model ssr --seed 1 --consistency prediction --out $R/ml/abl-pred-s1"
+for a in "bs1024 --batch-size 1024" "lr5e-4 --lr 5e-4" "reg1e-5 --reg 1e-5" \
+         "lcl0.02 --lambda-cl 0.02" "mp0.45 --mask-p 0.45" "M5 --n-bands 5"; do
+    set -- $a; name=$1; shift
+    echo "$P --data $D/movielens-100k --model ssr --seed 1 --out $R/ml/abl-$name-s1 $*"
+done
 # Uniform edges on Baby at p = 0.4, seeds 1-3 (the same slots as the energy edges: see README)
 for s in 1 2 3; do
     echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed $s --band-edges uniform --out $R/baby/abl-uniform-p0.4-s$s"
