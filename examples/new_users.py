@@ -1,9 +1,9 @@
 """Test metrics of the users an update brought their first interactions, in several runs.
 
-An updated run (``train_large.py --update``) lists those users in its ``metrics.json``
-(``update.new_user_list``) and scores them before and after its training. This prints
-those two figures, then the same users' figures in each run given (e.g. LightGCN and SSR
-retrained on the whole data), read from the runs' ``test_per_user.npz``:
+An updated run (``train_large.py --update``) lists those users in ``new_users.npy`` and
+scores them before and after its training (``metrics.json``). This prints those two
+figures, then the same users' figures in each run given (e.g. LightGCN and SSR retrained on
+the whole data), read from the runs' ``test_per_user.npz``:
 
     python examples/update_split.py --data ../shared/data/amazon-baby --seed 1 \\
         --new-users 0.1 --out runs/u1
@@ -24,26 +24,18 @@ from pathlib import Path
 import numpy as np
 
 from ssr_engine.metrics import RankingResult
-from ssr_engine.train.pipeline import PER_USER_FILE
+from ssr_engine.train.pipeline import NEW_USERS_FILE, PER_USER_FILE
 
 METRICS = ("recall@20", "ndcg@20")
 
 
-def new_users_of(run: Path) -> np.ndarray:
-    """The users whose first training interactions the update in ``run`` brought."""
-    m = json.loads((run / "metrics.json").read_text())
-    if "update" not in m:
-        raise ValueError(f"{run} is not an updated run (its metrics.json has no 'update')")
-    if "new_user_list" not in m["update"]:
-        raise ValueError(f"{run}: its metrics.json predates the list of new users; rerun the "
-                         "update, or resume it (--resume) to rewrite its report")
-    return np.asarray(m["update"]["new_user_list"], dtype=np.int64)
-
-
 def rows(updated: Path, others) -> list:
     """``(name, n_users, recall@20, ndcg@20)`` per line of the table."""
-    users = new_users_of(updated)
-    up = json.loads((updated / "metrics.json").read_text())["update"]
+    up = json.loads((updated / "metrics.json").read_text()).get("update")
+    if up is None or not (updated / NEW_USERS_FILE).is_file():
+        raise ValueError(f"{updated} is not an updated run (no 'update' in its metrics.json, "
+                         f"or no {NEW_USERS_FILE}; updates before 2026-12-07 did not write it)")
+    users = np.load(updated / NEW_USERS_FILE, allow_pickle=False)
     out = [(f"{updated} before training", *_pick(up["before_training"]["test_new_users"])),
            (f"{updated} after the update", *_pick(up["test_new_users"]))]
     for run in others:

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -48,7 +49,7 @@ from .threads import ThreadPolicy
 from .trainer import TrainConfig, Trainer, default_batch_size, result_notes
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
-           "synthetic_modalities", "PER_USER_FILE"]
+           "synthetic_modalities", "PER_USER_FILE", "NEW_USERS_FILE"]
 
 #: the test metrics of every test user, beside ``metrics.json``
 #: (:meth:`ssr_engine.metrics.RankingResult.save`), for comparisons on any group of users.
@@ -56,6 +57,8 @@ PER_USER_FILE = "test_per_user.npz"
 #: what an update records before training (the carry-over, the test ranking before any
 #: training), read back when the update is resumed.
 UPDATE_START_FILE = "update_start.json"
+#: the users whose first training interactions an update brought (``int64`` ids, ``.npy``).
+NEW_USERS_FILE = "new_users.npy"
 
 #: the built-in synthetic graph of the default run: (users, items, interactions).
 DEFAULT_SYNTHETIC = (120_000, 60_000, 2_400_000)
@@ -102,8 +105,8 @@ class LargeRun:
             ``id_k``).
         dim, rank, id_prior, id_residual, fusion, n_out, fusion_init, fusion_gates, fusion_norm,
             lambda_fusion, lambda_dec, band_mask, mask_p, mask_scope, lambda_mask, consistency,
-            align, lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`, which
-            reads its band slots from the store and updates its ID residual sparsely).
+            align, lambda_cl, tau, reg, loss: model settings (:class:`~ssr_engine.SSRModel`,
+            which reads its band slots from the store and updates its ID residual sparsely).
         epochs, batch_size, lr, fusion_lr, fusion_weight_decay, n_neg, patience, eval_every,
             eval_users, checkpoint_every: training settings
             (:class:`~ssr_engine.train.TrainConfig`; ``batch_size`` ``None``:
@@ -288,7 +291,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         raise ValueError(f"--resume: there is no checkpoint in {out} to continue")
     if rank == 0:
         left = remove_leftovers(ckpt, out / "metrics.json", out / PER_USER_FILE,
-                                out / UPDATE_START_FILE)
+                                out / UPDATE_START_FILE, out / NEW_USERS_FILE)
         if left:
             log(f"[setup] removed {left} temporary file(s) left by a killed run in {out}")
     if opts.distributed:
@@ -403,6 +406,8 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
             + (f", {news['n_users']} new users {news['recall@20']:.4f}" if news["n_users"]
                else ", no new users among the test users"))
         if rank == 0:
+            with atomic_write(out / NEW_USERS_FILE, "wb") as fh:
+                np.save(fh, upd.new_users.astype(np.int64))
             with atomic_write(out / UPDATE_START_FILE, "w") as fh:
                 fh.write(json.dumps({"carried_over": carried, "before_training": before,
                                      "seconds": {k: timings[k] for k in
@@ -412,6 +417,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
         # run that started it
         start = json.loads((out / UPDATE_START_FILE).read_text())
         carried, before = start["carried_over"], start["before_training"]
+        timings.update(start["seconds"])
     res = trainer.fit()
     report = {
         "dataset": ds.name, "pipeline": "stored", "n_users": ds.n_users, "n_items": ds.n_items,
@@ -439,8 +445,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
             "users": int(g.users.size), "items": int(g.items.size), "new_user_ids": g.new_users,
             "new_item_ids": g.new_items, "new_users": int(upd.new_users.size),
             "carried_over": carried, "before_training": before,
-            "test_new_users": upd.group(trainer.test_result),
-            "new_user_list": upd.new_users.tolist()}
+            "test_new_users": upd.group(trainer.test_result)}
     if rank == 0:
         with atomic_write(out / PER_USER_FILE, "wb") as fh:
             trainer.test_result.save(fh)

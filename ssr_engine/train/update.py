@@ -15,8 +15,9 @@
    learned stays, new users and items start from their neighbours' band vectors, and every
    vector is scaled by ``--shrink``, default :data:`UPDATE_SHRINK`), ranks the
    test users once before any training (``update.before_training`` in the metrics, with the
-   users that the update brought their first interactions, ``update.new_user_list``; also
-   written to ``NEW_DIR/update_start.json``, which a resumed update reads back), and
+   users that the update brought their first interactions, listed in
+   ``NEW_DIR/new_users.npy``; also written to ``NEW_DIR/update_start.json``, which a resumed
+   update reads back), and
 5. trains on at ``--lr`` (default :data:`UPDATE_LR`) for at most ``--epochs`` (default
    :data:`UPDATE_EPOCHS`) with early stopping (``--patience``, default
    :data:`UPDATE_PATIENCE`).

@@ -66,13 +66,14 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     up = m["update"]
     assert up["added"] == sum(1 for _ in open(setup["new"])) - 1
     assert up["new_user_ids"] == 1 and up["new_users"] == 2         # id 300 and the lone user
-    assert up["new_user_list"] == sorted([setup["lone"], 300])
+    assert np.load(out / "new_users.npy").tolist() == sorted([setup["lone"], 300])
     # examples/new_users.py: those users' figures here and, from its per-user file, in the
     # run before the update
     new_users = runpy.run_path(str(SCRIPT.parent / "new_users.py"), run_name="new_users")
     table = new_users["rows"](out, [run])
     from ssr_engine.metrics import RankingResult
-    earlier = RankingResult.load(run / "test_per_user.npz").summary(up["new_user_list"])
+    news = np.load(out / "new_users.npy")
+    earlier = RankingResult.load(run / "test_per_user.npz").summary(news)
     np.testing.assert_equal([r[1:] for r in table], [
         new_users["_pick"](up["before_training"]["test_new_users"]),
         new_users["_pick"](up["test_new_users"]),
@@ -82,7 +83,7 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
         new_users["rows"](run, [])
     other = root / "other-split"                      # a run that ranked other test users
     other.mkdir()
-    elsewhere = next(u for u in range(300) if u not in up["new_user_list"])
+    elsewhere = next(u for u in range(300) if u not in news)
     RankingResult(np.array([elsewhere]), {"recall@20": np.array([1.0]), "ndcg@20": np.array(
         [1.0])}).save(other / "test_per_user.npz")
     with pytest.raises(ValueError, match="not the same test users"):
@@ -90,10 +91,11 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     # resuming the update (here: the finished one) keeps what happened before its training
     script["main"](["--update", str(setup["new"]), "--from", str(run), "--out", str(out),
                     "--epochs", "2", "--quiet", "--resume"])
-    resumed = json.loads((out / "metrics.json").read_text())["update"]
+    resumed = json.loads((out / "metrics.json").read_text())
     assert up["before_training"] is not None
-    for k in ("before_training", "carried_over", "test_new_users", "new_user_list"):
-        assert resumed[k] == up[k], k
+    for k in ("before_training", "carried_over", "test_new_users"):
+        assert resumed["update"][k] == up[k], k
+    assert resumed["timings"]["before_training"] == m["timings"]["before_training"]
     assert up["carried_over"]["extended"] >= 2
     assert m["n_users"] == 301 and m["epochs_run"] <= 2
     assert up["before_training"]["test"]["recall@20"] > 0
