@@ -29,29 +29,77 @@ from ssr_engine.train.pipeline import NEW_USERS_FILE, PER_USER_FILE
 METRICS = ("recall@20", "ndcg@20")
 
 
+def _metrics(run: Path) -> dict:
+    if not run.is_dir():
+        raise ValueError(f"{run}: no such run folder")
+    path = run / "metrics.json"
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read ({e}); is {run} a finished run?") from None
+    if not isinstance(m, dict) or "test" not in m:
+        raise ValueError(f"{path} is not the report of a train_large.py run")
+    return m
+
+
+def _new_users(updated: Path, up: dict) -> np.ndarray:
+    path = updated / NEW_USERS_FILE
+    if not path.is_file():
+        raise ValueError(f"{updated}: no {NEW_USERS_FILE} (updates before 2026-12-07 did not "
+                         "write it; resume the update with --resume to write it)")
+    try:
+        users = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path} cannot be read ({e})") from None
+    if users.ndim != 1 or users.dtype.kind not in "iu" or users.size != up.get("new_users"):
+        raise ValueError(f"{path} does not list the {up.get('new_users')} new users its "
+                         "metrics.json counts (a damaged file, or left by another run)")
+    return users.astype(np.int64)
+
+
 def rows(updated: Path, others) -> list:
-    """``(name, n_users, recall@20, ndcg@20)`` per line of the table."""
-    up = json.loads((updated / "metrics.json").read_text()).get("update")
-    if up is None or not (updated / NEW_USERS_FILE).is_file():
-        raise ValueError(f"{updated} is not an updated run (no 'update' in its metrics.json, "
-                         f"or no {NEW_USERS_FILE}; updates before 2026-12-07 did not write it)")
-    users = np.load(updated / NEW_USERS_FILE, allow_pickle=False)
-    out = [(f"{updated} before training", *_pick(up["before_training"]["test_new_users"])),
+    """``(name, n_users, recall@20, ndcg@20)`` per line of the table (``None`` figures where
+    the updated run did not record its ranking before training)."""
+    m = _metrics(updated)
+    up = m.get("update")
+    if not isinstance(up, dict) or "test_new_users" not in up:
+        raise ValueError(f"{updated} is not an updated run (no 'update' in its metrics.json)")
+    users = _new_users(updated, up)
+    # the reference: the new users the updated run ranked (its own per-user file)
+    ranked = _per_user(updated).users
+    ranked = ranked[np.isin(ranked, users)]
+    if ranked.size == 0:
+        raise ValueError(f"{updated}: none of the {users.size} users the update brought is a "
+                         "ranked test user; there is nothing to compare")
+    before = up.get("before_training") or {}
+    out = [(f"{updated} before training", *_pick(before.get("test_new_users"))),
            (f"{updated} after the update", *_pick(up["test_new_users"]))]
     for run in others:
-        f = run / PER_USER_FILE
-        if not f.is_file():
-            raise ValueError(f"{run}: no {PER_USER_FILE} (runs before 2026-12-07 did not write "
-                             "it; resume the finished run with --resume to write it)")
-        row = (str(run), *_pick(RankingResult.load(f).summary(users)))
-        if row[1] != out[1][1]:
-            raise ValueError(f"{run} ranked {row[1]} of these users where {updated} ranked "
-                             f"{out[1][1]}: not the same test users (another dataset or split?)")
-        out.append(row)
+        other = _metrics(run)
+        if other.get("dataset") != m.get("dataset"):
+            raise ValueError(f"{run} is a run on {other.get('dataset')!r}, {updated} on "
+                             f"{m.get('dataset')!r}")
+        result = _per_user(run)
+        seen = result.users[np.isin(result.users, users)]
+        if not np.array_equal(seen, ranked):
+            raise ValueError(f"{run} ranked {seen.size} of these users, {updated} "
+                             f"{ranked.size}, not the same ones (another split, or a sample "
+                             "of test users: use --eval-users 0)")
+        out.append((str(run), *_pick(result.summary(users))))
     return out
 
 
-def _pick(summary: dict):
+def _per_user(run: Path) -> RankingResult:
+    f = run / PER_USER_FILE
+    if not f.is_file():
+        raise ValueError(f"{run}: no {PER_USER_FILE} (runs before 2026-12-07 did not write "
+                         "it; resume the finished run with --resume to write it)")
+    return RankingResult.load(f)
+
+
+def _pick(summary):
+    if summary is None:
+        return (None,) * (1 + len(METRICS))
     return (summary["n_users"], *(summary.get(k, float("nan")) for k in METRICS))
 
 
@@ -67,7 +115,8 @@ def main(argv=None) -> None:
     print(f"| run | new users | {' | '.join(f'test {k}' for k in METRICS)} |")
     print("|---|---|" + "---|" * len(METRICS))
     for name, n, *vals in table:
-        print(f"| {name} | {n} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+        cells = ["not recorded" if v is None else f"{v:.4f}" for v in vals]
+        print(f"| {name} | {'—' if n is None else n} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

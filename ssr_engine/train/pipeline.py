@@ -193,6 +193,25 @@ class _Log:
         self(f"[{name}] done in {time.perf_counter() - t0:.1f} s")
 
 
+def _update_start(out: Path, log) -> Dict:
+    """What a resumed update recorded before its training: ``update_start.json``, else the
+    ``update`` section of the report an earlier call of the run wrote (updates made before
+    that file existed); ``{}`` with a warning when neither can be read."""
+    for path, pick in ((out / UPDATE_START_FILE, lambda d: d),
+                       (out / "metrics.json", lambda d: d.get("update") or {})):
+        if not path.is_file():
+            continue
+        try:
+            found = pick(json.loads(path.read_text()))
+            if isinstance(found, dict) and found.get("before_training") is not None:
+                return found
+        except (ValueError, AttributeError) as e:
+            log(f"[update] {path} could not be read ({e}); trying the next record")
+    log(f"[update] no record of the ranking before training in {out}: the report of this "
+        "resumed update leaves it empty")
+    return {}
+
+
 def _load(opts: LargeRun) -> Dataset:
     if opts.data is not None:
         return load_mmrec(opts.data, modalities=opts.modalities)
@@ -406,18 +425,19 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
             + (f", {news['n_users']} new users {news['recall@20']:.4f}" if news["n_users"]
                else ", no new users among the test users"))
         if rank == 0:
-            with atomic_write(out / NEW_USERS_FILE, "wb") as fh:
-                np.save(fh, upd.new_users.astype(np.int64))
             with atomic_write(out / UPDATE_START_FILE, "w") as fh:
                 fh.write(json.dumps({"carried_over": carried, "before_training": before,
                                      "seconds": {k: timings[k] for k in
                                                  ("carry_over", "before_training")}}))
-    elif upd is not None and (out / UPDATE_START_FILE).is_file():
+    elif upd is not None:
         # a resumed update: the carry-over and the ranking before training happened in the
         # run that started it
-        start = json.loads((out / UPDATE_START_FILE).read_text())
-        carried, before = start["carried_over"], start["before_training"]
-        timings.update(start["seconds"])
+        start = _update_start(out, log)
+        carried, before = start.get("carried_over"), start.get("before_training")
+        timings.update(start.get("seconds", {}))
+    if upd is not None and rank == 0:
+        with atomic_write(out / NEW_USERS_FILE, "wb") as fh:
+            np.save(fh, upd.new_users.astype(np.int64))
     res = trainer.fit()
     report = {
         "dataset": ds.name, "pipeline": "stored", "n_users": ds.n_users, "n_items": ds.n_items,

@@ -81,21 +81,34 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     assert table[2][1] == 1 and table[2][2] >= 0          # the lone user is a test user
     with pytest.raises(ValueError, match="not an updated run"):
         new_users["rows"](run, [])
-    other = root / "other-split"                      # a run that ranked other test users
+    # a run of the same data that ranked other users, and a damaged list, are refused
+    other = root / "other-split"
     other.mkdir()
+    (other / "metrics.json").write_text(json.dumps({"dataset": m["dataset"], "test": {}}))
     elsewhere = next(u for u in range(300) if u not in news)
     RankingResult(np.array([elsewhere]), {"recall@20": np.array([1.0]), "ndcg@20": np.array(
         [1.0])}).save(other / "test_per_user.npz")
-    with pytest.raises(ValueError, match="not the same test users"):
+    with pytest.raises(ValueError, match="not the same ones"):
         new_users["rows"](out, [other])
+    kept = (out / "new_users.npy").read_bytes()
+    (out / "new_users.npy").write_bytes(kept[:20])
+    with pytest.raises(ValueError, match="new_users.npy cannot be read"):
+        new_users["rows"](out, [run])
     # resuming the update (here: the finished one) keeps what happened before its training
-    script["main"](["--update", str(setup["new"]), "--from", str(run), "--out", str(out),
-                    "--epochs", "2", "--quiet", "--resume"])
-    resumed = json.loads((out / "metrics.json").read_text())
+    # and writes the list of new users again; without update_start.json (an update made
+    # before it existed) the earlier report is the record
     assert up["before_training"] is not None
-    for k in ("before_training", "carried_over", "test_new_users"):
-        assert resumed["update"][k] == up[k], k
-    assert resumed["timings"]["before_training"] == m["timings"]["before_training"]
+    for drop in ([], ["update_start.json"]):
+        for name in drop:
+            (out / name).unlink()
+        script["main"](["--update", str(setup["new"]), "--from", str(run), "--out", str(out),
+                        "--epochs", "2", "--quiet", "--resume"])
+        assert (out / "new_users.npy").read_bytes() == kept
+        resumed = json.loads((out / "metrics.json").read_text())
+        for k in ("before_training", "carried_over", "test_new_users"):
+            assert resumed["update"][k] == up[k], k
+        if not drop:
+            assert resumed["timings"]["before_training"] == m["timings"]["before_training"]
     assert up["carried_over"]["extended"] >= 2
     assert m["n_users"] == 301 and m["epochs_run"] <= 2
     assert up["before_training"]["test"]["recall@20"] > 0
