@@ -57,8 +57,8 @@ from ssr_engine.train.pipeline import (DEFAULT_SYNTHETIC, PER_USER_FILE, LargeRu
                                        synthetic_modalities)
 from ssr_engine.train.precompute import check_feasible
 from ssr_engine.train.threads import ThreadPolicy
-from ssr_engine.train.update import (UPDATE_EPOCHS, UPDATE_LR, UPDATE_PATIENCE, UPDATE_SHRINK,
-                                     update_options)
+from ssr_engine.train.update import (UPDATE_EPOCHS, UPDATE_EVAL_EVERY, UPDATE_LR,
+                                     UPDATE_PATIENCE, UPDATE_SHRINK, update_options)
 
 #: SSR graphs above this many nodes train on the stored pipeline whatever ``--approx``.
 IN_MEMORY_MAX_NODES = 100_000
@@ -198,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--patience", type=POS_INT, default=20,
                    help=f"evaluations without improvement before stopping (--update: "
                         f"{UPDATE_PATIENCE})")
-    g.add_argument("--eval-every", type=POS_INT, default=1)
+    g.add_argument("--eval-every", type=POS_INT, default=1,
+                   help=f"epochs between evaluations (--update: {UPDATE_EVAL_EVERY})")
     g.add_argument("--eval-users", type=NONNEG_INT, default=20000,
                    help="rank all items for a fixed sample of this many users, in validation "
                         "and test (0: all users)")

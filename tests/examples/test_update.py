@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssr_engine.data import save_mmrec, synthetic_dataset
-from ssr_engine.train.update import UPDATE_LR, UPDATE_PATIENCE, UPDATE_SHRINK
+from ssr_engine.train.update import UPDATE_EVAL_EVERY, UPDATE_LR, UPDATE_PATIENCE, UPDATE_SHRINK
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_large.py"
 BASE = ["--pipeline", "stored", "--approx", "chebyshev", "--d0", "8", "--dim", "16",
@@ -116,10 +116,14 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     old = json.loads((run / "metrics.json").read_text())
     for k in ("dim", "d0", "order", "id_basis", "fusion", "n_bands"):
         assert m["options"][k] == old["options"][k]
-    # the update's own training defaults replace the run's (lr 1e-3, patience 20)
+    # the update's own training defaults replace the run's (lr 1e-3, patience 20, every
+    # epoch evaluated)
     assert old["options"]["lr"] != UPDATE_LR and old["options"]["patience"] != UPDATE_PATIENCE
-    assert (m["options"]["lr"], m["options"]["patience"], m["options"]["shrink"]) == (
-        UPDATE_LR, UPDATE_PATIENCE, UPDATE_SHRINK)
+    assert old["options"]["eval_every"] == 1 != UPDATE_EVAL_EVERY
+    assert (m["options"]["lr"], m["options"]["patience"], m["options"]["shrink"],
+            m["options"]["eval_every"]) == (UPDATE_LR, UPDATE_PATIENCE, UPDATE_SHRINK,
+                                             UPDATE_EVAL_EVERY)
+    assert [h["epoch"] for h in m["history"]] == [2]                   # one evaluation
     # threads are the machine's: the run's fixed --threads 1 is not carried into the update
     assert old["options"]["threads"] == 1 and m["options"]["threads"] is None
     assert set(m["threads"]) == {"until_training", "training_and_evaluation"}
@@ -127,11 +131,12 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     # an update of the update replays the chain of new interactions
     more = _write_inter(root / "more.inter", [(300, 20, 0), (300, 21, 0)])
     script["main"](["--update", str(more), "--from", str(out), "--out", str(root / "again"),
-                    "--epochs", "1", "--lr", "0.002", "--quiet"])
+                    "--epochs", "1", "--lr", "0.002", "--eval-every", "1", "--quiet"])
     text = (root / "again" / "metrics.json").read_text()
     again = json.loads(text)
     assert again["n_train"] == m["n_train"] + 2
     assert again["options"]["lr"] == 0.002                # a given --lr wins
+    assert again["options"]["eval_every"] == 1
     # no test user is new here: the group is {"n_users": 0}, not NaN metrics
     assert "NaN" not in text and again["update"]["test_new_users"] == {"n_users": 0}
     # the chain is recorded with absolute paths, so it can be updated from anywhere
