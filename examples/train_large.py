@@ -52,9 +52,9 @@ from ssr_engine.data import load_mmrec, synthetic_dataset
 from ssr_engine.distributed import RankFailure
 from ssr_engine.train import (Interrupted, TrainConfig, Trainer, default_batch_size,
                               result_notes, seed_everything)
-from ssr_engine.train.checkpoint import atomic_write, out_folder, remove_leftovers
-from ssr_engine.train.pipeline import (DEFAULT_SYNTHETIC, PER_USER_FILE, LargeRun, run_large,
-                                       synthetic_modalities)
+from ssr_engine.train.checkpoint import out_folder, remove_leftovers
+from ssr_engine.train.pipeline import (DEFAULT_SYNTHETIC, REPORT_FILES, LargeRun, run_large,
+                                       synthetic_modalities, write_results)
 from ssr_engine.train.precompute import check_feasible
 from ssr_engine.train.threads import ThreadPolicy
 from ssr_engine.train.update import (UPDATE_EPOCHS, UPDATE_EVAL_EVERY, UPDATE_LR,
@@ -368,7 +368,7 @@ def run_in_memory(args, ds, t0: float) -> dict:
                              "to continue that run or --fresh to start over")
         if args.resume and not ckpt.exists():
             raise ValueError(f"--resume: there is no checkpoint in {args.out} to continue")
-        remove_leftovers(ckpt, args.out / "metrics.json", args.out / PER_USER_FILE)
+        remove_leftovers(ckpt, *(args.out / f for f in REPORT_FILES))
         trainer = Trainer(model, ds, cfg, checkpoint=ckpt, fresh=args.fresh)
         for line in trainer.plan_lines():
             print(line, flush=True)
@@ -385,10 +385,7 @@ def run_in_memory(args, ds, t0: float) -> dict:
                "seconds_per_epoch": res.train_seconds / max(1, res.epochs_this_call),
                "wall_seconds": time.perf_counter() - t0, "history": res.history,
                "command": " ".join(sys.argv)}
-        with atomic_write(args.out / PER_USER_FILE, "wb") as fh:
-            trainer.test_result.save(fh)
-        with atomic_write(args.out / "metrics.json", "w") as fh:
-            fh.write(json.dumps(out, indent=1))
+        write_results(args.out, out, trainer.test_result)
         if args.report is not None and args.model == "ssr":
             # the trainer leaves the best-validation state loaded
             from ssr_engine.explain import read_item_names, write_report

@@ -196,8 +196,8 @@ class SSRModel(Recommender):
                  mask_scope: str = "batch", consistency: str = "representation",
                  align: bool = True, lambda_cl: float = 0.05, tau: float = 0.2,
                  align_items: int = 256, reg: float = 1e-4, loss: str = "bpr", seed: int = 0,
-                 backend: str = "auto",
-                 source: Optional[BandSource] = None, sparse_residual: bool = False):
+                 backend: str = "auto", source: Optional[BandSource] = None,
+                 sparse_residual: bool = False):
         super().__init__(graph.interaction_matrix(), loss)
         if n_bands < 1 or dim < 1 or rank < 1 or d0 < 1 or (n_out is not None and n_out < 1):
             raise ValueError(f"n_bands, dim, rank, d0 and n_out must be >= 1, got {n_bands}, "

@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
+from ..metrics import RankingResult
 from ..nn import SSRModel
 from ..nn.model import check_id_residual
 from ..nn.sources import id_basis_k
@@ -49,11 +50,14 @@ from .threads import ThreadPolicy
 from .trainer import TrainConfig, Trainer, default_batch_size, result_notes
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
-           "synthetic_modalities", "PER_USER_FILE", "NEW_USERS_FILE"]
+           "synthetic_modalities", "PER_USER_FILE", "NEW_USERS_FILE", "REPORT_FILES",
+           "write_results"]
 
 #: the test metrics of every test user, beside ``metrics.json``
 #: (:meth:`ssr_engine.metrics.RankingResult.save`), for comparisons on any group of users.
 PER_USER_FILE = "test_per_user.npz"
+#: what every finished run writes into its folder (:func:`write_results`).
+REPORT_FILES = ("metrics.json", PER_USER_FILE)
 #: what an update records before training (the carry-over, the test ranking before any
 #: training), read back when the update is resumed.
 UPDATE_START_FILE = "update_start.json"
@@ -193,6 +197,15 @@ class _Log:
         self(f"[{name}] done in {time.perf_counter() - t0:.1f} s")
 
 
+def write_results(out: Path, report: Dict, test: RankingResult) -> None:
+    """A finished run's :data:`REPORT_FILES` in ``out``, each written atomically: the test
+    metrics of every user (``test``), then ``metrics.json`` (``report``)."""
+    with atomic_write(out / PER_USER_FILE, "wb") as fh:
+        test.save(fh)
+    with atomic_write(out / "metrics.json", "w") as fh:
+        fh.write(json.dumps(report, indent=1))
+
+
 def _update_start(out: Path, log) -> Dict:
     """What a resumed update recorded before its training: ``update_start.json``, else the
     ``update`` section of the report an earlier call of the run wrote (updates made before
@@ -309,7 +322,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
     if opts.resume and not ckpt.exists():
         raise ValueError(f"--resume: there is no checkpoint in {out} to continue")
     if rank == 0:
-        left = remove_leftovers(ckpt, out / "metrics.json", out / PER_USER_FILE,
+        left = remove_leftovers(ckpt, *(out / f for f in REPORT_FILES),
                                 out / UPDATE_START_FILE, out / NEW_USERS_FILE)
         if left:
             log(f"[setup] removed {left} temporary file(s) left by a killed run in {out}")
@@ -467,10 +480,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
             "carried_over": carried, "before_training": before,
             "test_new_users": upd.group(trainer.test_result)}
     if rank == 0:
-        with atomic_write(out / PER_USER_FILE, "wb") as fh:
-            trainer.test_result.save(fh)
-        with atomic_write(out / "metrics.json", "w") as fh:
-            fh.write(json.dumps(report, indent=1))
+        write_results(out, report, trainer.test_result)
         keys = ("best_epoch", "valid", "test", "test_cold", "seconds_per_epoch",
                 "wall_seconds")
         log(json.dumps({k: report[k] for k in keys}, indent=1))
