@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ssr_engine.metrics import RankingResult
+from ssr_engine.train.checkpoint import check_finished
 from ssr_engine.train.pipeline import NEW_USERS_FILE, PER_USER_FILE
 
 METRICS = ("recall@20", "ndcg@20")
@@ -39,6 +40,8 @@ def _metrics(run: Path) -> dict:
         raise ValueError(f"{path} cannot be read ({e}); is {run} a finished run?") from None
     if not isinstance(m, dict) or "test" not in m:
         raise ValueError(f"{path} is not the report of a train_large.py run")
+    if (run / "checkpoint.pt").is_file():
+        check_finished(run, m)        # a later run in the folder that did not finish
     return m
 
 
@@ -46,15 +49,26 @@ def _new_users(updated: Path, up: dict) -> np.ndarray:
     path = updated / NEW_USERS_FILE
     if not path.is_file():
         raise ValueError(f"{updated}: no {NEW_USERS_FILE} (updates before 2026-12-07 did not "
-                         "write it; resume the update with --resume to write it)")
+                         "write it; resume the update with --resume and the options it was "
+                         "started with to write it)")
     try:
         users = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path} cannot be read ({e})") from None
-    if users.ndim != 1 or users.dtype.kind not in "iu" or users.size != up.get("new_users"):
+    if (not isinstance(users, np.ndarray) or users.ndim != 1 or users.dtype.kind not in "iu"
+            or users.size != up.get("new_users") or np.unique(users).size != users.size):
         raise ValueError(f"{path} does not list the {up.get('new_users')} new users its "
                          "metrics.json counts (a damaged file, or left by another run)")
     return users.astype(np.int64)
+
+
+def _summary(x, where: str) -> dict:
+    """A recorded summary (``n_users`` and figures), checked."""
+    if (not isinstance(x, dict) or not isinstance(x.get("n_users"), int)
+            or any(isinstance(x.get(k), bool) or not isinstance(x.get(k, 0.0), (int, float))
+                   for k in METRICS)):
+        raise ValueError(f"{where} is not a summary of test figures ({x!r:.80})")
+    return x
 
 
 def rows(updated: Path, others) -> list:
@@ -65,15 +79,31 @@ def rows(updated: Path, others) -> list:
     if not isinstance(up, dict) or "test_new_users" not in up:
         raise ValueError(f"{updated} is not an updated run (no 'update' in its metrics.json)")
     users = _new_users(updated, up)
-    # the reference: the new users the updated run ranked (its own per-user file)
-    ranked = _per_user(updated).users
-    ranked = ranked[np.isin(ranked, users)]
+    after = _summary(up["test_new_users"], f"{updated}: update.test_new_users")
+    # the reference: the new users the updated run ranked (its own per-user file); their
+    # figures must be the ones its report recorded, or the list is not this run's
+    own = _per_user(updated)
+    ranked = own.users[np.isin(own.users, users)]
+    mine = own.summary(users)
+    if ranked.size != after["n_users"] or any(
+            not np.isclose(mine[k], after[k], rtol=1e-9, atol=1e-12, equal_nan=True)
+            for k in METRICS if k in after):
+        raise ValueError(f"{updated}: its {NEW_USERS_FILE} and {PER_USER_FILE} give "
+                         f"{ranked.size} ranked new users with other figures than the "
+                         f"{after['n_users']} its metrics.json records (a damaged or "
+                         "replaced file)")
     if ranked.size == 0:
         raise ValueError(f"{updated}: none of the {users.size} users the update brought is a "
                          "ranked test user; there is nothing to compare")
-    before = up.get("before_training") or {}
-    out = [(f"{updated} before training", *_pick(before.get("test_new_users"))),
-           (f"{updated} after the update", *_pick(up["test_new_users"]))]
+    before = up.get("before_training")
+    if before is not None:          # None: a resumed update that lost its start record
+        if not isinstance(before, dict):
+            raise ValueError(f"{updated}: update.before_training in its metrics.json is not "
+                             f"a record ({before!r:.80})")
+        before = _summary(before.get("test_new_users"),
+                          f"{updated}: update.before_training.test_new_users")
+    out = [(f"{updated} before training", *_pick(before)),
+           (f"{updated} after the update", *_pick(after))]
     for run in others:
         other = _metrics(run)
         if other.get("dataset") != m.get("dataset"):
@@ -93,7 +123,8 @@ def _per_user(run: Path) -> RankingResult:
     f = run / PER_USER_FILE
     if not f.is_file():
         raise ValueError(f"{run}: no {PER_USER_FILE} (runs before 2026-12-07 did not write "
-                         "it; resume the finished run with --resume to write it)")
+                         "it; resume the finished run with --resume and the options it was "
+                         "started with to write it)")
     return RankingResult.load(f)
 
 

@@ -95,6 +95,33 @@ for a in "bs1024 --batch-size 1024" "lr5e-4 --lr 5e-4" "reg1e-5 --reg 1e-5" \
     set -- $a; name=$1; shift
     echo "$P --data $D/movielens-100k --model ssr --seed 1 --out $R/ml/abl-$name-s1 $*"
 done
+# The spectral priors on the ID coefficients, the InfoNCE temperature, a lower consistency
+# weight and the BCE loss (MovieLens-100k)
+for a in "plgcn --id-prior lightgcn" "pmirror --id-prior mirror" "tau0.5 --tau 0.5" \
+         "lm0.05 --lambda-mask 0.05" "bce --loss bce"; do
+    set -- $a; name=$1; shift
+    echo "$P --data $D/movielens-100k --model ssr --seed 1 --out $R/ml/abl-$name-s1 $*"
+done
+# Ablations of SSR on MovieLens-100k (seed 1) around the current default p = 0.4
+for a in "nomask --no-mask" "nocons --lambda-mask 0" "noalign --no-align" \
+         "dec0.1 --lambda-dec 0.1" "dec1 --lambda-dec 1" "cp --fusion cp" "cpsum --fusion cp+sum" \
+         "cp-f0.1 --fusion cp --lambda-fusion 0.1" "cp-flr1e-4 --fusion cp --fusion-lr 1e-4" \
+         "cp-fwd1e-3 --fusion cp --fusion-wd 1e-3" \
+         "cpid --fusion cp --rank 64 --fusion-init identity --no-fusion-norm" \
+         "cplin --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --no-fusion-gates" \
+         "uniform --band-edges uniform" "M1 --n-bands 1" "M2 --n-bands 2" "M3 --n-bands 3" \
+         "M6 --n-bands 6" "fold --atom fold"; do
+    set -- $a; name=$1; shift
+    echo "$P --data $D/movielens-100k --model ssr --seed 1 --out $R/ml/abl-$name-p0.4-s1 $*"
+done
+# Ablations of SSR on Baby (seed 1, in memory) around the current default p = 0.4
+for a in "nomask --no-mask" "nocons --lambda-mask 0" "M1 --n-bands 1" "dec0.1 --lambda-dec 0.1" \
+         "cp --fusion cp" "cp-f0.1 --fusion cp --lambda-fusion 0.1" "cpsum --fusion cp+sum" \
+         "cpid --fusion cp --rank 64 --fusion-init identity --no-fusion-norm" \
+         "cpid-f1 --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1"; do
+    set -- $a; name=$1; shift
+    echo "$P $B --out $R/baby/abl-$name-p0.4-s1 $*"
+done
 # Uniform edges on Baby at p = 0.4, seeds 1-3 (the same slots as the energy edges: see README)
 for s in 1 2 3; do
     echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed $s --band-edges uniform --out $R/baby/abl-uniform-p0.4-s$s"

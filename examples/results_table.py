@@ -47,8 +47,9 @@ def table(folder: Path) -> str:
         row = [name, str(len(rs)), _fmt([r["valid"]["recall@20"] for r in rs])]
         row += [_fmt([r["test"][k] for r in rs]) for k in KEYS]
         row += [_fmt([c[k] for c in cold]) for k in KEYS]
+        timed = [r["seconds_per_epoch"] for r in rs if r.get("seconds_per_epoch") is not None]
         row += [",".join(str(r["best_epoch"]) for r in rs),
-                f'{np.mean([r["seconds_per_epoch"] for r in rs]):.2f}']
+                f"{np.mean(timed):.2f}" if timed else "—"]
         rows.append("| " + " | ".join(row) + " |")
     n_cold = {r["test_cold"]["n_users"] for rs in runs.values() for r in rs}
     return "\n".join(rows) + f"\n\ncold-start test users: {sorted(n_cold)}"

@@ -53,8 +53,9 @@ from ssr_engine.distributed import RankFailure
 from ssr_engine.train import (Interrupted, TrainConfig, Trainer, default_batch_size,
                               result_notes, seed_everything)
 from ssr_engine.train.checkpoint import out_folder, remove_leftovers
-from ssr_engine.train.pipeline import (DEFAULT_SYNTHETIC, REPORT_FILES, LargeRun, run_large,
-                                       synthetic_modalities, write_results)
+from ssr_engine.train.pipeline import (DEFAULT_SYNTHETIC, REPORT_FILES, LargeRun,
+                                       keep_timings, run_large, synthetic_modalities,
+                                       write_results)
 from ssr_engine.train.precompute import check_feasible
 from ssr_engine.train.threads import ThreadPolicy
 from ssr_engine.train.update import (UPDATE_EPOCHS, UPDATE_EVAL_EVERY, UPDATE_LR,
@@ -385,6 +386,7 @@ def run_in_memory(args, ds, t0: float) -> dict:
                "seconds_per_epoch": res.train_seconds / max(1, res.epochs_this_call),
                "wall_seconds": time.perf_counter() - t0, "history": res.history,
                "command": " ".join(sys.argv)}
+        keep_timings(args.out, out, res.epochs_this_call)
         write_results(args.out, out, trainer.test_result)
         if args.report is not None and args.model == "ssr":
             # the trainer leaves the best-validation state loaded
@@ -439,6 +441,13 @@ def main(argv=None) -> dict:
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        # outside training (loading, band precompute, the final test ranking): what was
+        # saved stays, the band store's finished parts and the last checkpoint included
+        print("\ninterrupted by SIGINT outside training; files written so far are kept: "
+              "run the same command again (with --resume where the output folder holds a "
+              "checkpoint)", file=sys.stderr)
+        sys.exit(130)
     except RankFailure as e:
         print(f"\nerror: {e}", file=sys.stderr)
         sys.exit(1)

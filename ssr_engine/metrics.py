@@ -18,6 +18,7 @@ elsewhere), so memory stays at ``block × n_items`` scores.
 """
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional, Sequence
@@ -116,9 +117,14 @@ class RankingResult:
         what a later comparison on any group of users needs (:meth:`load`).
 
         Args:
-            file: a path or a binary file object.
+            file: a path (written as given: no ``.npz`` is appended) or a binary file object.
         """
-        np.savez(file, users=self.users, **{f"metric:{k}": v for k, v in self.per_user.items()})
+        arrays = {"users": self.users, **{f"metric:{k}": v for k, v in self.per_user.items()}}
+        if isinstance(file, (str, os.PathLike)):
+            with open(file, "wb") as fh:
+                np.savez(fh, **arrays)
+        else:
+            np.savez(file, **arrays)
 
     @classmethod
     def load(cls, path) -> "RankingResult":
@@ -136,20 +142,40 @@ class RankingResult:
             {'n_users': 1, 'recall@20': 1.0}
         """
         try:
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with z:
                 names = [k for k in z.files if k.startswith("metric:")]
                 if "users" not in z.files or not names:
                     raise ValueError("no 'users' or 'metric:' arrays")
-                users = z["users"].astype(np.int64)
+                users = z["users"]
                 per_user = {k[len("metric:"):]: z[k] for k in names}
         except FileNotFoundError:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path} does not hold per-user ranking metrics written by "
                              f"RankingResult.save ({e})") from None
-        if any(v.shape != users.shape for v in per_user.values()):
-            raise ValueError(f"{path}: the metric arrays do not match the {users.size} users")
-        return cls(users, per_user)
+        problem = None
+        if users.ndim != 1 or users.dtype.kind not in "iu":
+            problem = f"'users' is a {users.ndim}-d {users.dtype} array, not 1-d integers"
+        elif users.size and (users.min() < 0 or np.any(np.diff(users) <= 0)):
+            problem = "'users' is not a sorted list of distinct non-negative ids"
+        elif "" in per_user:
+            problem = "a metric without a name"
+        else:
+            for k, v in per_user.items():
+                if v.shape != users.shape or v.dtype.kind != "f":
+                    problem = (f"metric {k!r} is a {v.dtype} array of shape {v.shape}, not "
+                               f"{users.size} floats (one per user)")
+                    break
+                if not np.all((v >= 0) & (v <= 1)):
+                    problem = f"metric {k!r} has values outside [0, 1] (or NaN)"
+                    break
+        if problem is not None:
+            raise ValueError(f"{path} does not hold per-user ranking metrics written by "
+                             f"RankingResult.save: {problem}")
+        return cls(users.astype(np.int64), per_user)
 
 
 def full_ranking(score_fn: Callable[[torch.Tensor], torch.Tensor], truth: sp.spmatrix,

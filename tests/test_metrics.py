@@ -121,8 +121,23 @@ def test_per_user_results_round_trip_and_bad_files(tmp_path):
     (tmp_path / "garbage.npz").write_bytes(b"not a zip")
     np.savez(tmp_path / "other.npz", x=np.arange(3))
     (tmp_path / "cut.npz").write_bytes((tmp_path / "r.npz").read_bytes()[:100])
-    for name in ("garbage.npz", "other.npz", "cut.npz"):
+    # a single array, and arrays that cannot be per-user metrics
+    np.save(open(tmp_path / "single.npz", "wb"), np.arange(3))
+    bad = {"float-users": dict(users=np.array([0.7, 1.2]), **{"metric:r": np.ones(2)}),
+           "2d-users": dict(users=np.zeros((2, 1), int), **{"metric:r": np.ones((2, 1))}),
+           "repeated": dict(users=np.array([1, 1]), **{"metric:r": np.ones(2)}),
+           "negative": dict(users=np.array([-1, 2]), **{"metric:r": np.ones(2)}),
+           "nan": dict(users=np.array([0, 2]), **{"metric:r": np.array([0.5, np.nan])}),
+           "above-one": dict(users=np.array([0, 2]), **{"metric:r": np.array([0.5, 2.0])}),
+           "int-metric": dict(users=np.array([0, 2]), **{"metric:r": np.array([0, 1])}),
+           "unnamed": dict(users=np.array([0, 2]), **{"metric:": np.ones(2)})}
+    for name, arrays in bad.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+    for name in ("garbage", "other", "cut", "single", *bad):
         with pytest.raises(ValueError, match="per-user ranking metrics"):
-            RankingResult.load(tmp_path / name)
+            RankingResult.load(tmp_path / f"{name}.npz")
+    # a path is written as given (numpy's savez would append .npz)
+    r.save(tmp_path / "plain")
+    assert RankingResult.load(tmp_path / "plain").summary() == r.summary()
     with pytest.raises(FileNotFoundError):
         RankingResult.load(tmp_path / "missing.npz")

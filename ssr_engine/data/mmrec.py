@@ -162,6 +162,9 @@ def read_new_interactions(path: PathLike) -> tuple:
             (validation or test rows), or no interactions.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected a file of new interactions (MMRec "
+                         "format: userID, itemID and optionally x_label 0)")
     if not path.is_file():
         raise FileNotFoundError(f"no file {path}")
     data = _int_columns(path, ("userID", "itemID"), optional=("x_label",))

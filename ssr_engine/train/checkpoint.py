@@ -32,7 +32,7 @@ from typing import IO, Any, Dict, Iterator, Union
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "config_diff",
-           "atomic_write", "remove_leftovers"]
+           "atomic_write", "remove_leftovers", "check_finished"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -286,6 +286,39 @@ def load_checkpoint(path: PathLike, config: Dict[str, Any]) -> Dict[str, Any]:
     if diff:
         lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"checkpoint {path} was written by a different configuration "
-                         f"({lines}); resume with the same settings, or delete the file / "
-                         "choose another output folder to start afresh")
+                         f"({lines}); resume with the same settings, start over with "
+                         "--fresh (Trainer(fresh=True)), or choose another output folder")
+    return state
+
+
+def check_finished(folder: PathLike, report: Dict[str, Any]) -> Dict[str, Any]:
+    """Check that the checkpoint in a run's ``folder`` is the one its ``report``
+    (``metrics.json``) describes: the same completed epochs and best epoch. A later run in the
+    folder that did not finish (an interrupted ``--fresh`` one, say) replaces the checkpoint
+    first and the report only at its end, so the two then disagree.
+
+    Returns:
+        the checkpoint's contents (read with ``mmap``: tensors stay on disk until used).
+
+    Raises:
+        ValueError: when the checkpoint is missing, cannot be read, or disagrees.
+    """
+    folder = Path(folder)
+    path = folder / "checkpoint.pt"
+    if not path.is_file():
+        raise ValueError(f"{folder}: no checkpoint.pt beside its metrics.json, so the report "
+                         "cannot be checked against the run")
+    try:
+        state = read_checkpoint(path, mmap=True)
+    except ValueError as e:
+        raise ValueError(f"{folder}: its checkpoint cannot be read: "
+                         f"{str(e).split(';')[0]}") from e
+    best = state.get("best") if isinstance(state.get("best"), dict) else {}
+    if (state.get("epoch"), best.get("epoch")) != (report.get("epochs_run"),
+                                                  report.get("best_epoch")):
+        raise ValueError(f"{folder}: its checkpoint is not the one its metrics.json reports "
+                         f"(epoch {state.get('epoch')}, best {best.get('epoch')} against "
+                         f"{report.get('epochs_run')}, best {report.get('best_epoch')}): a "
+                         "later run in that folder did not finish; finish it with --resume "
+                         "(and the options it was started with) first")
     return state

@@ -51,7 +51,7 @@ from .trainer import TrainConfig, Trainer, default_batch_size, result_notes
 
 __all__ = ["LargeRun", "run_large", "DEFAULT_SYNTHETIC", "SYNTHETIC_MODALITIES",
            "synthetic_modalities", "PER_USER_FILE", "NEW_USERS_FILE", "REPORT_FILES",
-           "write_results"]
+           "write_results", "keep_timings", "TIMING_FIELDS"]
 
 #: the test metrics of every test user, beside ``metrics.json``
 #: (:meth:`ssr_engine.metrics.RankingResult.save`), for comparisons on any group of users.
@@ -206,23 +206,91 @@ def write_results(out: Path, report: Dict, test: RankingResult) -> None:
         fh.write(json.dumps(report, indent=1))
 
 
+def _summary_problem(x) -> Optional[str]:
+    """What keeps ``x`` from being a :meth:`RankingResult.summary` (``None``: nothing)."""
+    if not isinstance(x, dict) or not isinstance(x.get("n_users"), int):
+        return f"{x!r:.60} is not a summary with an integer 'n_users'"
+    bad = [k for k, v in x.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    return f"non-numeric figures {bad}" if bad else None
+
+
+def _start_problem(start: Dict) -> Optional[str]:
+    """What is wrong with an update's start record (``None``: nothing)."""
+    before = start.get("before_training")
+    if not isinstance(before, dict):
+        return "'before_training' is not a record"
+    for key in ("test", "test_new_users"):
+        problem = _summary_problem(before.get(key))
+        if problem:
+            return f"'before_training.{key}': {problem}"
+    seconds = start.get("seconds", {})
+    if not isinstance(seconds, dict) or any(
+            k not in ("carry_over", "before_training") or isinstance(v, bool)
+            or not isinstance(v, (int, float)) or not v >= 0 for k, v in seconds.items()):
+        return "'seconds' is not a record of the carry-over's and ranking's seconds"
+    if not isinstance(start.get("carried_over"), (dict, type(None))):
+        return "'carried_over' is not a record"
+    return None
+
+
 def _update_start(out: Path, log) -> Dict:
     """What a resumed update recorded before its training: ``update_start.json``, else the
     ``update`` section of the report an earlier call of the run wrote (updates made before
-    that file existed); ``{}`` with a warning when neither can be read."""
-    for path, pick in ((out / UPDATE_START_FILE, lambda d: d),
-                       (out / "metrics.json", lambda d: d.get("update") or {})):
+    that file existed; the seconds from its timings); ``{}`` with a warning when neither can
+    be read or holds a sound record."""
+    def from_report(d: Dict) -> Dict:
+        found = dict(d.get("update") or {})
+        timings = d.get("timings") if isinstance(d.get("timings"), dict) else {}
+        found["seconds"] = {k: timings[k] for k in ("carry_over", "before_training")
+                            if k in timings}
+        return found
+
+    for path, pick in ((out / UPDATE_START_FILE, lambda d: d), (out / "metrics.json", from_report)):
         if not path.is_file():
             continue
         try:
-            found = pick(json.loads(path.read_text()))
-            if isinstance(found, dict) and found.get("before_training") is not None:
+            found = json.loads(path.read_text())
+            if not isinstance(found, dict):
+                raise ValueError("not a JSON object")
+            found = pick(found)
+            problem = _start_problem(found)
+            if problem is None:
                 return found
-        except (ValueError, AttributeError) as e:
+            log(f"[update] {path} holds no sound record of the start ({problem}); trying the "
+                "next record")
+        except (OSError, ValueError, AttributeError, TypeError) as e:
             log(f"[update] {path} could not be read ({e}); trying the next record")
     log(f"[update] no record of the ranking before training in {out}: the report of this "
         "resumed update leaves it empty")
     return {}
+
+
+#: the report's fields that time the call of a run that trained it.
+TIMING_FIELDS = ("timings", "setup_seconds", "train_seconds", "eval_seconds",
+                 "seconds_per_epoch", "seconds_per_step", "wall_seconds", "threads")
+
+
+def keep_timings(out: Path, report: Dict, epochs_this_call: int) -> None:
+    """Timings of a finished run resumed (a call that trained no epoch, e.g. to write a
+    report file again): ``report`` keeps those of the call that trained the run, from the
+    ``metrics.json`` in ``out`` when it reports the same epochs; without one, its per-epoch
+    figures are ``None`` (not measured) instead of 0. A call that trained does nothing."""
+    if epochs_this_call:
+        return
+    try:
+        old = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and all(old.get(k) == report.get(k)
+                                     for k in ("epochs_run", "best_epoch")):
+        report.update({k: old[k] for k in TIMING_FIELDS if k in old and k in report})
+        report["notes"].append("a finished run resumed: no epoch was trained in this call; "
+                               "the timings are those of the call that trained it")
+    else:
+        report.update({k: None for k in ("seconds_per_epoch", "seconds_per_step")
+                       if k in report})
+        report["notes"].append("a finished run resumed without its earlier report: no epoch "
+                               "was trained in this call, so there is no per-epoch time")
 
 
 def _load(opts: LargeRun) -> Dataset:
@@ -479,6 +547,7 @@ def _run(opts: LargeRun, t_start: float, dataset: Optional[Dataset]) -> Dict:
             "new_item_ids": g.new_items, "new_users": int(upd.new_users.size),
             "carried_over": carried, "before_training": before,
             "test_new_users": upd.group(trainer.test_result)}
+    keep_timings(out, report, res.epochs_this_call)
     if rank == 0:
         write_results(out, report, trainer.test_result)
         keys = ("best_epoch", "valid", "test", "test_cold", "seconds_per_epoch",

@@ -37,7 +37,7 @@ import torch
 
 from ..data import Dataset, read_new_interactions
 from ..nn.transfer import transfer_ssr
-from .checkpoint import read_checkpoint
+from .checkpoint import check_finished, read_checkpoint
 from .store import BandStore
 
 __all__ = ["Update", "replay", "update_options", "UPDATE_EPOCHS", "UPDATE_PATIENCE",
@@ -99,19 +99,15 @@ def _check_finished(from_dir: Path, saved: Dict) -> None:
     """The checkpoint in ``from_dir`` is the one its ``metrics.json`` reports (a later run in
     the folder, e.g. an interrupted ``--fresh`` one, would have replaced it)."""
     try:
-        state = read_checkpoint(from_dir / "checkpoint.pt", mmap=True)
+        state = check_finished(from_dir, saved)
     except ValueError as e:
-        raise ValueError(f"--from {from_dir}: its checkpoint cannot be read: "
-                         f"{str(e).split(';')[0]}") from e
+        raise ValueError(f"--from {e}") from e
     model = state.get("config", {}).get("model", {})
     options = saved.get("options", {})
-    same = (state.get("epoch") == saved.get("epochs_run")
-            and state.get("best", {}).get("epoch") == saved.get("best_epoch")
-            and all(model.get(k) == options.get(k) for k in ("dim", "rank", "fusion", "id_prior")))
-    if not same:
+    if not all(model.get(k) == options.get(k) for k in ("dim", "rank", "fusion", "id_prior")):
         raise ValueError(f"--from {from_dir}: its checkpoint is not the one its metrics.json "
-                         "reports (a later run in that folder did not finish?); finish that run "
-                         "with --resume first")
+                         "reports (another model); a later run in that folder did not finish? "
+                         "Finish that run with --resume first")
 
 
 def update_options(new_file, from_dir, **given):

@@ -65,6 +65,23 @@ def test_in_memory_baseline(tmp_path):
     cold = ds.cold_users(5)
     assert saved.summary(cold)["recall@20"] == pytest.approx(m["test_cold"]["recall@20"],
                                                              abs=1e-12)
+    # resuming the finished run (to write a lost report file again) trains nothing and
+    # keeps the timings of the call that trained it; without the earlier report there is
+    # no per-epoch time (None, not 0)
+    (tmp_path / "test_per_user.npz").unlink()
+    again = _run("--model", "lightgcn", *SMALL, "--dim", "16", "--resume", out=tmp_path)
+    assert again.returncode == 0, again.stderr
+    m2 = json.loads((tmp_path / "metrics.json").read_text())
+    assert (tmp_path / "test_per_user.npz").is_file()
+    assert m2["test"]["recall@20"] == m["test"]["recall@20"] and m2["epochs_run"] == 1
+    for k in ("setup_seconds", "train_seconds", "seconds_per_epoch", "wall_seconds"):
+        assert m2[k] == m[k] and m[k] > 0, k
+    assert any("the timings are those of the call that trained it" in n for n in m2["notes"])
+    (tmp_path / "metrics.json").unlink()
+    third = _run("--model", "lightgcn", *SMALL, "--dim", "16", "--resume", out=tmp_path)
+    assert third.returncode == 0, third.stderr
+    m3 = json.loads((tmp_path / "metrics.json").read_text())
+    assert m3["seconds_per_epoch"] is None and m3["test"]["recall@20"] == m["test"]["recall@20"]
 
 
 def test_in_memory_sigterm_during_checkpoint_write(tmp_path):
@@ -162,6 +179,21 @@ def test_disk_full_during_the_checkpoint_write_exits_1_and_keeps_it(script, tmp_
     assert "no space left on the device; the previous checkpoint is kept" in \
         capsys.readouterr().err
     assert (tmp_path / "checkpoint.pt").read_bytes() == old
+
+
+def test_ctrl_c_outside_training_exits_130_without_a_traceback(script, tmp_path, capsys,
+                                                                monkeypatch):
+    # before: a KeyboardInterrupt traceback (e.g. during the band precompute)
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setitem(script["main"].__globals__, "load_data", interrupted)
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(SystemExit) as e:
+        script["main"](["--data", str(data), "--out", str(tmp_path / "run")])
+    assert e.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted by SIGINT outside training" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("extra,flag", [

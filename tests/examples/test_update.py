@@ -94,21 +94,54 @@ def test_update_carries_the_model_over_and_trains_on(setup, script):
     (out / "new_users.npy").write_bytes(kept[:20])
     with pytest.raises(ValueError, match="new_users.npy cannot be read"):
         new_users["rows"](out, [run])
+    # a list of as many other users, or of one user twice, is not this run's
+    others = [u for u in range(300) if u not in news][:news.size]
+    for fake in (others, [news[0]] * news.size):
+        np.save(out / "new_users.npy", np.array(fake, dtype=np.int64))
+        with pytest.raises(ValueError, match="other figures than|does not list"):
+            new_users["rows"](out, [run])
+    (out / "new_users.npy").write_bytes(kept)
+    # a report whose record before training is damaged, and a folder whose checkpoint is
+    # not the one its report describes (a later run there did not finish), are refused
+    report = (out / "metrics.json").read_text()
+    for change, match in (({"before_training": 5}, "not a record"),
+                          ({"before_training": {"test_new_users": {"n_users": "2"}}},
+                           "not a summary"),
+                          ({"test_new_users": {"n_users": 2, "recall@20": "high"}},
+                           "not a summary")):
+        bad = json.loads(report)
+        bad["update"].update(change)
+        (out / "metrics.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=match):
+            new_users["rows"](out, [run])
+    bad = json.loads(report)
+    bad["epochs_run"] += 1
+    (out / "metrics.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="is not the one its metrics.json reports"):
+        new_users["rows"](out, [run])
+    (out / "metrics.json").write_text(report)
+    assert new_users["rows"](out, [run]) == table
     # resuming the update (here: the finished one) keeps what happened before its training
     # and writes the list of new users again; without update_start.json (an update made
     # before it existed) the earlier report is the record
+    # (a damaged update_start.json counts as none); a finished run resumed keeps the
+    # timings of the call that trained it
     assert up["before_training"] is not None
-    for drop in ([], ["update_start.json"]):
-        for name in drop:
-            (out / name).unlink()
+    start = (out / "update_start.json").read_text()
+    for damage in (None, {"before_training": 5}, {"seconds": [1, 2]},
+                   {"seconds": {"carry_over": "abc"}}, "drop"):
+        if damage == "drop":
+            (out / "update_start.json").unlink()
+        elif damage is not None:
+            (out / "update_start.json").write_text(json.dumps({**json.loads(start), **damage}))
         script["main"](["--update", str(setup["new"]), "--from", str(run), "--out", str(out),
                         "--epochs", "2", "--quiet", "--resume"])
         assert (out / "new_users.npy").read_bytes() == kept
         resumed = json.loads((out / "metrics.json").read_text())
         for k in ("before_training", "carried_over", "test_new_users"):
-            assert resumed["update"][k] == up[k], k
-        if not drop:
-            assert resumed["timings"]["before_training"] == m["timings"]["before_training"]
+            assert resumed["update"][k] == up[k], (damage, k)
+        assert resumed["timings"] == m["timings"], damage
+        assert resumed["seconds_per_epoch"] == m["seconds_per_epoch"] > 0
     assert up["carried_over"]["extended"] >= 2
     assert m["n_users"] == 301 and m["epochs_run"] <= 2
     assert up["before_training"]["test"]["recall@20"] > 0
@@ -223,6 +256,8 @@ def test_bad_update_commands_are_refused(setup, script, capsys, tmp_path):
     (stale / "checkpoint.pt").write_bytes(b"")
     _fails(script, capsys, ["--update", new, "--from", str(stale), "--out", str(tmp_path / "o")],
            "its checkpoint cannot be read")
+    _fails(script, capsys, ["--update", str(tmp_path), "--from", run, "--out",
+                            str(tmp_path / "o")], "is a folder; expected a file")
     gone = _write_inter(tmp_path / "gone.inter", [(300, 5, 0)])   # a chain loses a file
     script["main"](["--update", str(gone), "--from", run, "--out", str(tmp_path / "u1"),
                     "--epochs", "1", "--quiet"])
