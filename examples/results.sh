@@ -122,6 +122,10 @@ for a in "nomask --no-mask" "nocons --lambda-mask 0" "M1 --n-bands 1" "dec0.1 --
     set -- $a; name=$1; shift
     echo "$P $B --out $R/baby/abl-$name-p0.4-s1 $*"
 done
+# G-HSNO held at the identity band map on Baby, seeds 2 and 3 (seed 1 is the row above)
+for s in 2 3; do
+    echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed $s --fusion cp --rank 64 --fusion-init identity --no-fusion-norm --lambda-fusion 1 --out $R/baby/abl-cpid-f1-p0.4-s$s"
+done
 # Uniform edges on Baby at p = 0.4, seeds 1-3 (the same slots as the energy edges: see README)
 for s in 1 2 3; do
     echo "$P --data $D/amazon-baby --model ssr --id-prior lightgcn --seed $s --band-edges uniform --out $R/baby/abl-uniform-p0.4-s$s"
