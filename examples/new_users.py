@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssr_engine.metrics import RankingResult
+from ssr_engine.metrics import RankingResult, summary_problem
 from ssr_engine.train.checkpoint import check_finished
 from ssr_engine.train.pipeline import NEW_USERS_FILE, PER_USER_FILE
 
@@ -64,10 +64,9 @@ def _new_users(updated: Path, up: dict) -> np.ndarray:
 
 def _summary(x, where: str) -> dict:
     """A recorded summary (``n_users`` and figures), checked."""
-    if (not isinstance(x, dict) or not isinstance(x.get("n_users"), int)
-            or any(isinstance(x.get(k), bool) or not isinstance(x.get(k, 0.0), (int, float))
-                   for k in METRICS)):
-        raise ValueError(f"{where} is not a summary of test figures ({x!r:.80})")
+    problem = summary_problem(x)
+    if problem:
+        raise ValueError(f"{where} is not a summary of test figures: {problem}")
     return x
 
 

@@ -29,7 +29,7 @@ import torch
 
 from .ops.ranking import masked_topk
 
-__all__ = ["METRICS", "topk_metrics", "RankingResult", "full_ranking"]
+__all__ = ["METRICS", "topk_metrics", "RankingResult", "full_ranking", "summary_problem"]
 
 METRICS = ("recall", "ndcg", "precision", "map")
 
@@ -176,6 +176,24 @@ class RankingResult:
             raise ValueError(f"{path} does not hold per-user ranking metrics written by "
                              f"RankingResult.save: {problem}")
         return cls(users.astype(np.int64), per_user)
+
+
+def summary_problem(x) -> Optional[str]:
+    """What keeps ``x`` (e.g. read back from a ``metrics.json``) from being a
+    :meth:`RankingResult.summary`: an integer ``"n_users"`` and numeric figures. ``None``
+    when nothing does.
+
+    Example:
+        >>> summary_problem({"n_users": 3, "recall@20": 0.5}) is None
+        True
+        >>> summary_problem({"n_users": 3, "recall@20": "high"})
+        "non-numeric figures ['recall@20']"
+    """
+    if not isinstance(x, dict) or isinstance(x.get("n_users"), bool) \
+            or not isinstance(x.get("n_users"), int):
+        return f"{x!r:.60} is not a summary with an integer 'n_users'"
+    bad = [k for k, v in x.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    return f"non-numeric figures {bad}" if bad else None
 
 
 def full_ranking(score_fn: Callable[[torch.Tensor], torch.Tensor], truth: sp.spmatrix,

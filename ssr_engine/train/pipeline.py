@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 from ..data import Dataset, load_mmrec, synthetic_dataset
 from ..distributed import init_distributed, shutdown_distributed
-from ..metrics import RankingResult
+from ..metrics import RankingResult, summary_problem
 from ..nn import SSRModel
 from ..nn.model import check_id_residual
 from ..nn.sources import id_basis_k
@@ -206,21 +206,13 @@ def write_results(out: Path, report: Dict, test: RankingResult) -> None:
         fh.write(json.dumps(report, indent=1))
 
 
-def _summary_problem(x) -> Optional[str]:
-    """What keeps ``x`` from being a :meth:`RankingResult.summary` (``None``: nothing)."""
-    if not isinstance(x, dict) or not isinstance(x.get("n_users"), int):
-        return f"{x!r:.60} is not a summary with an integer 'n_users'"
-    bad = [k for k, v in x.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-    return f"non-numeric figures {bad}" if bad else None
-
-
 def _start_problem(start: Dict) -> Optional[str]:
     """What is wrong with an update's start record (``None``: nothing)."""
     before = start.get("before_training")
     if not isinstance(before, dict):
         return "'before_training' is not a record"
     for key in ("test", "test_new_users"):
-        problem = _summary_problem(before.get(key))
+        problem = summary_problem(before.get(key))
         if problem:
             return f"'before_training.{key}': {problem}"
     seconds = start.get("seconds", {})
